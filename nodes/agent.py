@@ -1,0 +1,176 @@
+"""The agent side of the controller protocol: JSON lines on stdin/stdout.
+
+Requests ``{"id", "op", "args"}`` get exactly one reply ``{"id", "ok": true,
+"result"}`` or ``{"id", "ok": false, "error"}``; agents may also emit
+unsolicited ``{"event": name, ...}`` lines. The transport only carries bytes,
+so the same agent runs as a local subprocess or over an SSH channel. When stdin
+closes (the controller died or the channel dropped) the agent runs its teardown
+and exits: a node never outlives its controller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+log = logging.getLogger("hilbed.agent")
+
+
+class AgentError(Exception):
+    """An error reported to the controller without a traceback."""
+
+
+class Agent:
+    """Base class. Subclasses register ops with :meth:`op` or define ``op_<name>`` methods."""
+
+    name = "agent"
+    #: ops answered on the reader thread (must be quick), e.g. the clock probe
+    inline_ops = frozenset({"clock", "ping"})
+
+    def __init__(self) -> None:
+        self._out_lock = threading.Lock()
+        # Protocol lines go to the real stdout; stray prints go to stderr.
+        self._out = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1, encoding="utf-8")
+        sys.stdout = sys.stderr
+        self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"{self.name}-op")
+        self._stopping = threading.Event()
+        self.started_at = time.time()
+
+    # -- protocol ---------------------------------------------------------
+    def send(self, obj: dict) -> None:
+        line = json.dumps(obj, separators=(",", ":"), default=_json_default)
+        with self._out_lock:
+            try:
+                self._out.write(line + "\n")
+                self._out.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                self._stopping.set()
+
+    def event(self, name: str, **fields: Any) -> None:
+        self.send({"event": name, "node_time_ns": time.time_ns(), **fields})
+
+    def _handle(self, req: dict) -> None:
+        rid = req.get("id")
+        op = req.get("op")
+        fn: Callable | None = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
+        if fn is None:
+            self.send({"id": rid, "ok": False, "error": f"unknown op {op!r}"})
+            return
+        try:
+            result = fn(**(req.get("args") or {}))
+            self.send({"id": rid, "ok": True, "result": result})
+        except AgentError as exc:
+            self.send({"id": rid, "ok": False, "error": str(exc)})
+        except Exception as exc:  # report, keep serving
+            log.error("op %s failed:\n%s", op, traceback.format_exc())
+            self.send({"id": rid, "ok": False, "error": f"{type(exc).__name__}: {exc}"})
+
+    # -- built-in ops -----------------------------------------------------
+    def op_ping(self) -> dict:
+        return {"name": self.name, "pid": os.getpid()}
+
+    def op_clock(self) -> dict:
+        """One NTP-style sample: the node's wall clock at reply time."""
+        return {"t_ns": time.time_ns()}
+
+    def op_facts(self) -> dict:
+        import platform
+        return {"python": platform.python_version(), "platform": platform.platform(),
+                "hostname": platform.node(), "pid": os.getpid(), "agent": self.name,
+                "uptime_s": _uptime_s(), "started_at": self.started_at}
+
+    def op_shutdown(self) -> dict:
+        threading.Thread(target=self._exit, args=(0,), daemon=True).start()
+        return {}
+
+    # -- lifecycle --------------------------------------------------------
+    def setup(self) -> None:
+        """Called once before serving."""
+
+    def teardown(self) -> None:
+        """Called exactly once on every exit path (EOF, signal, shutdown op)."""
+
+    _torn_down = False
+    _td_lock = threading.Lock()
+
+    def _teardown_once(self) -> None:
+        with self._td_lock:
+            if self._torn_down:
+                return
+            self._torn_down = True
+        try:
+            self.teardown()
+        except Exception:
+            log.error("teardown failed:\n%s", traceback.format_exc())
+
+    def _exit(self, code: int) -> None:
+        self._stopping.set()
+        self._teardown_once()
+        try:
+            self._out.flush()
+        except Exception:
+            pass
+        os._exit(code)
+
+    def serve(self) -> None:
+        logging.basicConfig(level=os.environ.get("HILBED_LOG", "INFO"), stream=sys.stderr,
+                            format=f"%(asctime)s {self.name} %(levelname)s %(message)s")
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, lambda s, f: self._exit(128 + s))
+        self.setup()
+        self.event("ready", agent=self.name, pid=os.getpid())
+        stdin = sys.stdin.buffer
+        while not self._stopping.is_set():
+            line = stdin.readline()
+            if not line:
+                break  # controller gone
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                req = json.loads(line)
+                if not isinstance(req, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                self.send({"id": None, "ok": False, "error": f"bad request line: {line[:80]!r}"})
+                continue
+            if req.get("op") in self.inline_ops:
+                self._handle(req)
+            else:
+                self._pool.submit(self._handle, req)
+        log.info("stdin closed: tearing down")
+        self._exit(0)
+
+
+def _uptime_s() -> float | None:
+    try:
+        with open("/proc/uptime") as f:
+            return float(f.read().split()[0])
+    except OSError:
+        return None
+
+
+def _json_default(o: Any) -> Any:
+    try:
+        import numpy as np
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:
+        pass
+    if isinstance(o, (bytes, bytearray)):
+        return o.hex()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def run_agent(agent_cls: type[Agent]) -> None:
+    agent_cls().serve()

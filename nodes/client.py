@@ -1,0 +1,131 @@
+"""Client agent: ``python -m nodes.client`` (a Raspberry Pi in the real lab).
+
+Plays an image stream: image k arrives at ``start + k * period``; each is
+encoded, sent over the link until done or its deadline, and its reply is
+awaited on a separate thread so the next image starts on time. One
+``record`` event per image carries the client's raw timestamps (its own
+clock) plus the edge's reply; the controller maps clocks and stores it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from .agent import Agent, AgentError, run_agent
+from .codecs import make_codec
+from .link import Link, open_link
+from .workload import open_dataset
+
+log = logging.getLogger("hilbed.client")
+
+
+def _sleep_until_ns(t_ns: int) -> None:
+    while True:
+        dt = (t_ns - time.time_ns()) / 1e9
+        if dt <= 0:
+            return
+        time.sleep(min(dt, 0.5))
+
+
+class ClientAgent(Agent):
+    name = "client"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.link: Link | None = None
+        self.dataset = None
+        self.dataset_key: tuple | None = None
+        self.node = "client"
+        self.msg_seq = 0
+        self._abort = threading.Event()
+        self._waiters = ThreadPoolExecutor(max_workers=4, thread_name_prefix="client-result")
+
+    def op_configure(self, node: str, dataset: str, size: int = 32, seed: int = 0) -> dict:
+        self.node = node
+        key = (dataset, size, seed)
+        if key != self.dataset_key:
+            self.dataset = open_dataset(dataset, size, seed)
+            self.dataset_key = key
+        return {"dataset": self.dataset.describe(), "classes": list(self.dataset.classes)}
+
+    def op_open_link(self, spec: dict, host: str, port: int, edge_minus_client_ns: int = 0, seed: int = 0) -> dict:
+        self.op_close_link()
+        self.link = open_link(spec, host, port, edge_minus_client_ns, seed)
+        return {"kind": self.link.kind}
+
+    def op_close_link(self) -> dict:
+        stats = {}
+        if self.link is not None:
+            stats = self.link.stats()
+            self.link.close()
+            self.link = None
+        return stats
+
+    def op_abort(self) -> dict:
+        self._abort.set()
+        return {}
+
+    def op_run_trial(self, trial_id: str, codec: str, params: dict, indices: list[int], period_ms: float,
+                     deadline_ms: float, start_ns: int | None = None, result_timeout_s: float = 10.0) -> dict:
+        if self.link is None or self.dataset is None:
+            raise AgentError("run_trial before configure/open_link")
+        self._abort.clear()
+        enc = make_codec(codec, params)
+        period_ns = int(period_ms * 1e6)
+        deadline_ns_rel = int(deadline_ms * 1e6)
+        t0 = max(start_ns or 0, time.time_ns() + 20_000_000)
+        futures = []
+        for k, idx in enumerate(indices):
+            if self._abort.is_set():
+                break
+            t_arrival = t0 + k * period_ns
+            _sleep_until_ns(t_arrival)
+            img, label = self.dataset[idx]
+            t_enc0 = time.time_ns()
+            encoded = enc.encode(img)
+            t_enc1 = time.time_ns()
+            self.msg_seq += 1
+            msg_id = self.msg_seq
+            deadline = t_arrival + deadline_ns_rel
+            meta = {"codec": codec, "params": params, "trial_id": trial_id, "image_index": idx, "client": self.node}
+            rep = self.link.send_message(msg_id, meta, encoded.chunks, deadline)
+            base = {
+                "trial_id": trial_id, "client": self.node, "image_index": idx, "label": int(label),
+                "t_arrival_ns": t_arrival, "t_encode_start_ns": t_enc0, "t_encode_end_ns": t_enc1,
+                "t_tx_start_ns": rep.t_tx_start_ns, "t_tx_end_ns": rep.t_tx_end_ns, "deadline_ns": deadline,
+                "bytes_total": encoded.total_bytes, "header_bytes": encoded.header_bytes,
+                "chunks_total": len(encoded.chunks), "tx_chunks_delivered": rep.chunks_delivered,
+                "tx_bytes_delivered": rep.bytes_delivered, "wire_bytes_sent": rep.wire_bytes_sent,
+                "packets_sent": rep.packets_sent, "packets_lost": rep.packets_lost, "tx_aborted": rep.aborted,
+                "chunk_times_ns": rep.chunk_times_ns,
+            }
+            futures.append(self._waiters.submit(self._await_result, msg_id, base, result_timeout_s))
+        done = 0
+        for f in futures:
+            f.result()
+            done += 1
+        return {"images": done, "aborted": self._abort.is_set()}
+
+    def _await_result(self, msg_id: int, base: dict, timeout_s: float) -> None:
+        assert self.link is not None
+        try:
+            res = self.link.result(msg_id, timeout_s + max(0.0, (base["deadline_ns"] - time.time_ns()) / 1e9))
+            err = res.pop("error", None)
+        except Exception as exc:  # timeout or lost connection: still one record
+            res, err = {}, f"{type(exc).__name__}: {exc}"
+        self.event("record", record={**base, **res, "error": err})
+
+    def teardown(self) -> None:
+        self._abort.set()
+        if self.link is not None:
+            try:
+                self.link.close()
+            except OSError:
+                pass
+
+
+if __name__ == "__main__":
+    run_agent(ClientAgent)

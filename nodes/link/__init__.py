@@ -1,0 +1,46 @@
+"""Links between a client and the edge: ``open_link(spec, ...)``.
+
+Kinds: ``direct`` (plain TCP), ``trace`` (user-space shaper from a constant
+rate, a CSV rate schedule or a Mahimahi trace), ``tc`` (kernel shaping applied
+by the controller on a real node; the client then sends as on ``direct``) and
+``radio`` (802.15.4 through firmware_bridge).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .schedule import CapacitySchedule, ConstantRate, PiecewiseRate
+from .tcp import DirectLink, Link, SendReport, ShapedLink
+from .traces import TraceError, load_schedule
+
+LINK_KINDS = ("direct", "trace", "tc", "radio")
+
+
+def schedule_for(rate_kbps: float | None, trace: str | None, loop: bool, opportunity_bytes: int) -> CapacitySchedule | None:
+    if trace:
+        return load_schedule(trace, loop=loop, opportunity_bytes=opportunity_bytes)
+    if rate_kbps:
+        return ConstantRate(rate_kbps * 1000.0)
+    return None
+
+
+def open_link(spec: dict[str, Any], host: str, port: int, edge_minus_client_ns: int = 0, seed: int = 0) -> Link:
+    kind = spec.get("kind", "direct")
+    if kind in ("direct", "tc"):
+        return DirectLink(host, port, edge_minus_client_ns)
+    if kind == "trace":
+        up = schedule_for(spec.get("rate_kbps"), spec.get("trace"), spec.get("loop", True),
+                          spec.get("opportunity_bytes", 1504))
+        down = schedule_for(spec.get("downlink_rate_kbps"), spec.get("downlink_trace"), spec.get("loop", True),
+                            spec.get("opportunity_bytes", 1504)) or up
+        return ShapedLink(host, port, up, down, edge_minus_client_ns, delay_ms=spec.get("delay_ms", 0.0),
+                          loss=spec.get("loss", 0.0), packet_bytes=spec.get("packet_bytes", 1024), seed=seed)
+    if kind == "radio":
+        from .radio import open_radio_link  # needs firmware_bridge and pyserial
+        return open_radio_link(spec, host, port, edge_minus_client_ns, seed=seed)
+    raise ValueError(f"unknown link kind {kind!r} (allowed: {', '.join(LINK_KINDS)})")
+
+
+__all__ = ["CapacitySchedule", "ConstantRate", "DirectLink", "Link", "PiecewiseRate", "SendReport",
+           "ShapedLink", "TraceError", "open_link", "LINK_KINDS"]

@@ -1,0 +1,33 @@
+"""Datasets and target models. ``open_dataset`` is torch-free (clients use it)."""
+
+from __future__ import annotations
+
+from .synthetic import CLASSES as SYNTHETIC_CLASSES
+from .synthetic import SyntheticDataset
+
+
+class _Endless:
+    """Synthetic images are a pure function of their index: any index is valid."""
+
+    def __init__(self, ds: SyntheticDataset):
+        self.ds = ds
+        self.classes = ds.classes
+
+    def __getitem__(self, i: int):
+        from .synthetic import make_image
+        return make_image(i, self.ds.split, self.ds.seed, self.ds.size)
+
+    def describe(self) -> str:
+        return self.ds.describe().replace(f", n={self.ds.n}", "")
+
+
+def open_dataset(spec: str, size: int = 32, seed: int = 0, split: str = "test"):
+    if spec == "synthetic":
+        return _Endless(SyntheticDataset(0, split, seed, size))
+    if spec.startswith("imagefolder:"):
+        from .imagefolder import ImageFolder
+        return ImageFolder(spec.split(":", 1)[1], size)
+    raise ValueError(f"unknown dataset {spec!r} (allowed: synthetic, imagefolder:PATH)")
+
+
+__all__ = ["open_dataset", "SyntheticDataset", "SYNTHETIC_CLASSES"]

@@ -1,0 +1,192 @@
+"""``hilbed``: the command line.
+
+Exit status: 0 success, 1 a run failed or a regression was found, 2 bad input
+(the message names file:line, the field and what is allowed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .yamlsrc import ConfigError
+
+DEFAULT_TESTBED = "testbed.yaml"
+DEFAULT_SCENARIO = "scenarios/quickstart.yaml"
+
+
+def _default_path(name: str) -> str:
+    """A default file: from the working directory, else from the repository."""
+    if Path(name).exists():
+        return name
+    from .transport import REPO_ROOT
+    cand = REPO_ROOT / name
+    return str(cand) if cand.exists() else name
+
+
+def _console():
+    from rich.console import Console
+    return Console(highlight=False)
+
+
+def cmd_validate(args) -> int:
+    from .config import detect_kind, load_scenario, load_testbed
+    con = _console()
+    bad = 0
+    for f in args.files:
+        try:
+            kind = detect_kind(f)
+            (load_testbed if kind == "testbed" else load_scenario)(f)
+            con.print(f"{f}: ok ({kind})")
+        except ConfigError as exc:
+            print(exc.one_line(), file=sys.stderr)
+            bad += 1
+    return 2 if bad else 0
+
+
+def cmd_plan(args) -> int:
+    from rich.table import Table
+
+    from .config import load_scenario, load_testbed
+    from .plan import make_plan
+    tb = load_testbed(args.testbed)
+    sc = load_scenario(args.scenario)
+    plan = make_plan(sc, tb)
+    con = _console()
+    table = Table(title=f"plan: {sc.name} on {tb.name}")
+    for col in ("#", "trial id", "codec variant", "condition", "link", "jamming", "deadline ms", "rep", "images"):
+        table.add_column(col, justify="right" if col in ("#", "deadline ms", "rep", "images") else "left")
+    for t in plan.trials:
+        link = t.condition.link
+        ldesc = link.kind + (f" {link.rate_kbps:g} kbit/s" if link.rate_kbps else "") + \
+            (f" {Path(link.trace).name}" if link.trace else "") + (f" +{link.delay_ms:g} ms" if link.delay_ms else "")
+        table.add_row(str(t.index), t.id, t.codec.display, t.condition.name, ldesc, t.condition.jamming,
+                      f"{t.deadline_ms:g}", str(t.repetition), str(t.n_images))
+    con.print(table)
+    est = plan.estimated_s()
+    con.print(f"{len(sc.codecs)} codec variants x {len(sc.conditions)} conditions x {sc.repetitions} repetitions "
+              f"= {len(plan.trials)} trials, {plan.n_images} images on {len(tb.clients)} client(s); "
+              f"estimated duration {est / 60:.1f} min (+ model load)")
+    return 0
+
+
+def _print_outcome(out) -> None:
+    from rich.table import Table
+    con = _console()
+    if out.summary is not None and len(out.summary):
+        t = Table(title=f"summary: {out.run_dir.name}")
+        for col in ("codec", "condition", "n", "top-1 %", "top-5 %", "mean bytes", "e2e p50 ms", "e2e p95 ms", "miss %"):
+            t.add_column(col, justify="left" if col in ("codec", "condition") else "right")
+        for _, r in out.summary.iterrows():
+            t.add_row(str(r.codec_label), str(r.condition), str(int(r.n)), f"{100 * r.top1:.1f}", f"{100 * r.top5:.1f}",
+                      f"{r.bytes_mean:.0f}", f"{r.e2e_p50_ms:.1f}", f"{r.e2e_p95_ms:.1f}", f"{100 * r.miss_rate:.1f}")
+        con.print(t)
+    con.print(f"run {out.state}: {out.records}/{out.planned} image records in {out.wall_s:.1f} s")
+    con.print(f"run directory: {out.run_dir}")
+    if out.report:
+        con.print(f"report: {out.report}")
+
+
+def cmd_run(args) -> int:
+    from .runner import Runner
+    runner = Runner(args.testbed, args.scenario, results_dir=args.results_dir, quiet=args.quiet)
+    out = runner.execute()
+    _print_outcome(out)
+    return 0 if out.state == "complete" and out.records == out.planned else 1
+
+
+def cmd_resume(args) -> int:
+    from .runner import Runner
+    runner = Runner(resume_dir=args.run_dir, quiet=args.quiet)
+    out = runner.execute()
+    _print_outcome(out)
+    return 0 if out.state == "complete" and out.records == out.planned else 1
+
+
+def cmd_report(args) -> int:
+    from analysis.report import build_report
+    for d in args.runs:
+        if not (Path(d) / "manifest.json").exists() and not (Path(d) / "trials.jsonl").exists():
+            print(f"{d}: not a run directory (no manifest.json or trials.jsonl)", file=sys.stderr)
+            return 2
+    path = build_report(args.runs, args.output)
+    print(f"report: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hilbed", description="Hardware-in-the-loop testbed for DNN offloading "
+                                "over constrained wireless links.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="replay a scenario on a testbed")
+    r.add_argument("scenario", nargs="?", default=None, help=f"scenario YAML (default {DEFAULT_SCENARIO})")
+    r.add_argument("--testbed", "-t", default=None, help=f"testbed YAML (default {DEFAULT_TESTBED})")
+    r.add_argument("--results-dir", default=None, help="where runs/<id> go (default: testbed's results_dir)")
+    r.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    r.set_defaults(fn=cmd_run)
+
+    v = sub.add_parser("validate", help="check testbed/scenario YAML files")
+    v.add_argument("files", nargs="+")
+    v.set_defaults(fn=cmd_validate)
+
+    pl = sub.add_parser("plan", help="print the trial matrix of a scenario")
+    pl.add_argument("scenario")
+    pl.add_argument("--testbed", "-t", default=None)
+    pl.set_defaults(fn=cmd_plan)
+
+    rs = sub.add_parser("resume", help="finish an interrupted run without redoing finished images")
+    rs.add_argument("run_dir")
+    rs.add_argument("--quiet", "-q", action="store_true")
+    rs.set_defaults(fn=cmd_resume)
+
+    rp = sub.add_parser("report", help="(re)build the HTML report of one or more runs")
+    rp.add_argument("runs", nargs="+")
+    rp.add_argument("--output", "-o", default=None, help="output directory (default: <first run>/report)")
+    rp.set_defaults(fn=cmd_report)
+
+    for extra in _extra_commands():
+        extra(sub)
+    return p
+
+
+def _extra_commands():
+    """Sub-commands contributed by other modules (trace tools, ssh, fit, ...)."""
+    out = []
+    import importlib
+    for mod in ("orchestrator.cli_trace", "orchestrator.cli_lab", "orchestrator.cli_codecs", "orchestrator.cli_analysis"):
+        try:
+            m = importlib.import_module(mod)
+        except ModuleNotFoundError as exc:
+            if exc.name == mod:
+                continue
+            raise
+        out.append(m.register)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "testbed", "x") is None:
+        args.testbed = _default_path(DEFAULT_TESTBED)
+    if getattr(args, "scenario", "x") is None:
+        args.scenario = _default_path(DEFAULT_SCENARIO)
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        print(exc.one_line(), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from .runner import RunError
+        if isinstance(exc, RunError):
+            print(f"hilbed: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())
