@@ -104,17 +104,6 @@ def cmd_resume(args) -> int:
     return 0 if out.state == "complete" and out.records == out.planned else 1
 
 
-def cmd_report(args) -> int:
-    from analysis.report import build_report
-    for d in args.runs:
-        if not (Path(d) / "manifest.json").exists() and not (Path(d) / "trials.jsonl").exists():
-            print(f"{d}: not a run directory (no manifest.json or trials.jsonl)", file=sys.stderr)
-            return 2
-    path = build_report(args.runs, args.output)
-    print(f"report: {path}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hilbed", description="Hardware-in-the-loop testbed for DNN offloading "
                                 "over constrained wireless links.")
@@ -140,11 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("run_dir")
     rs.add_argument("--quiet", "-q", action="store_true")
     rs.set_defaults(fn=cmd_resume)
-
-    rp = sub.add_parser("report", help="(re)build the HTML report of one or more runs")
-    rp.add_argument("runs", nargs="+")
-    rp.add_argument("--output", "-o", default=None, help="output directory (default: <first run>/report)")
-    rp.set_defaults(fn=cmd_report)
 
     for extra in _extra_commands():
         extra(sub)

@@ -332,43 +332,20 @@ class Runner:
             self._probe_clocks("after")
 
     def _open_links(self, cond, edge_addr: str, port: int) -> None:
-        e_off = self._offset(self.testbed.edge)["offset_ns"]
-        for k, c in enumerate(self.testbed.clients):
-            c_off = self._offset(c)["offset_ns"]
-            self.agent(c, "client").call("open_link", timeout=60, spec=cond.link.model_dump(mode="json"),
-                                         host=edge_addr, port=port, edge_minus_client_ns=e_off - c_off,
-                                         seed=self.scenario.workload.seed + k)
+        from .conditions import open_links
+        open_links(self, cond, edge_addr, port)
 
     def _close_links(self) -> None:
-        for c in self.testbed.clients:
-            h = self.handles.get((c, "client"))
-            if h is not None and not h.dead.is_set():
-                try:
-                    stats = h.call("close_link", timeout=30)
-                    self.store.append_event("link_stats", node=c, stats=stats)
-                except AgentFailed:
-                    pass
+        from .conditions import close_links
+        close_links(self)
 
     def _set_jamming(self, cond) -> dict:
-        jammers = [n for n in self.testbed.jammers if (n, "jammer") in self.handles]
-        if not jammers:
-            return {}
-        level = cond.jamming
-        params = self.scenario.jamming_levels.get(level)
-        out = {}
-        for n in jammers:
-            out = self.agent(n, "jammer").call("set_level", timeout=60, level=level,
-                                               params=params.model_dump() if params else None) or {}
-        return out
+        from .conditions import set_jamming
+        return set_jamming(self, cond)
 
     def _stop_jamming(self) -> None:
-        for n in self.testbed.jammers:
-            h = self.handles.get((n, "jammer"))
-            if h is not None and not h.dead.is_set():
-                try:
-                    h.call("stop", timeout=15)
-                except AgentFailed:
-                    pass
+        from .conditions import stop_jamming
+        stop_jamming(self)
 
     def _run_trial(self, t: Trial, remaining: dict[str, list[int]]) -> None:
         period = self.scenario.stream.period_ms
