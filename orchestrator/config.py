@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nodes.codecs import CODECS, CodecParamsError, validate_codec_params
+from nodes.codecs import CodecParamsError, all_codec_names, validate_codec_params
 from .yamlsrc import ConfigError, Located, dotted, load_located
 
 ROLES = ("client", "edge", "jammer")
@@ -142,8 +142,9 @@ class CodecCfg(Strict):
     @field_validator("codec")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in CODECS:
-            raise ValueError(f"unknown codec {v!r} (allowed: {', '.join(sorted(CODECS))})")
+        names = all_codec_names()
+        if v not in names:
+            raise ValueError(f"unknown codec {v!r} (allowed: {', '.join(sorted(names))})")
         return v
 
     @property

@@ -13,17 +13,48 @@ from .pillow_family import JpegCodec, PngCodec, ProgressiveJpegCodec, WebpCodec
 
 CODECS: dict[str, type[Codec]] = {c.name: c for c in (JpegCodec, ProgressiveJpegCodec, WebpCodec, PngCodec)}
 
+#: codec families in their own modules, imported on first use so that a light
+#: client never imports torch for a codec it does not run: name -> "module:Class"
+LAZY_CODECS: dict[str, str] = {
+    "grace": "nodes.codecs.grace:GraceCodec",
+    "autojpeg": "nodes.codecs.autojpeg:AutoJpegCodec",
+    "adacompress": "nodes.codecs.adacompress:AdaCompressCodec",
+    "pnc": "nodes.codecs.pnc:PncCodec",
+    "entropic": "nodes.codecs.entropic:EntropicStudentCodec",
+    "factorized": "nodes.codecs.entropic:FactorizedPriorCodec",
+    "crbq": "nodes.codecs.entropic:CrBqCodec",
+}
+
+
+def codec_class(name: str) -> type[Codec]:
+    if name in CODECS:
+        return CODECS[name]
+    if name in LAZY_CODECS:
+        import importlib
+        mod, cls = LAZY_CODECS[name].split(":")
+        try:
+            CODECS[name] = getattr(importlib.import_module(mod), cls)
+        except (ImportError, AttributeError) as exc:
+            raise CodecParamsError(None, f"codec {name!r} is not available here ({exc})") from None
+        return CODECS[name]
+    raise CodecParamsError(None, f"unknown codec {name!r}", ", ".join(sorted(all_codec_names())))
+
+
+def all_codec_names() -> set[str]:
+    import importlib.util
+    names = set(CODECS)
+    for n, target in LAZY_CODECS.items():
+        if importlib.util.find_spec(target.split(":")[0]) is not None:
+            names.add(n)
+    return names
+
 
 def validate_codec_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
-    return CODECS[name].validate(dict(params or {}))
+    return codec_class(name).validate(dict(params or {}))
 
 
 def make_codec(name: str, params: dict[str, Any] | None = None) -> Codec:
-    try:
-        cls = CODECS[name]
-    except KeyError:
-        raise CodecParamsError(None, f"unknown codec {name!r}", ", ".join(sorted(CODECS))) from None
-    return cls(**(params or {}))
+    return codec_class(name)(**(params or {}))
 
 
-__all__ = ["CODECS", "Codec", "CodecParamsError", "Encoded", "Param", "make_codec", "validate_codec_params"]
+__all__ = ["CODECS", "LAZY_CODECS", "codec_class", "all_codec_names", "Codec", "CodecParamsError", "Encoded", "Param", "make_codec", "validate_codec_params"]
