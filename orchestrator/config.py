@@ -217,11 +217,6 @@ class ScenarioCfg(Strict):
             if c.name in seen:
                 raise ValueError(f"duplicate condition name {c.name!r}")
             seen.add(c.name)
-        allowed = set(DEFAULT_JAMMING_LEVELS) | set(self.jamming_levels)
-        for c in self.conditions:
-            if c.jamming not in allowed:
-                raise ValueError(f"condition {c.name!r}: unknown jamming level {c.jamming!r} "
-                                 f"(allowed: {', '.join(sorted(allowed))})")
         labels = [c.display for c in self.codecs]
         dup = {x for x in labels if labels.count(x) > 1}
         if dup:
@@ -356,6 +351,12 @@ def load_scenario(path: str | Path, text: str | None = None) -> ScenarioCfg:
         except CodecParamsError as exc:
             loc = ("codecs", i, "params") + ((exc.key,) if exc.key else ())
             raise ConfigError(src.path, src.line_of(loc), dotted(loc), exc.problem, exc.allowed) from None
+    levels = set(DEFAULT_JAMMING_LEVELS) | set(cfg.jamming_levels)
+    for i, cond in enumerate(cfg.conditions):
+        if cond.jamming not in levels:
+            loc = ("conditions", i, "jamming")
+            raise ConfigError(src.path, src.line_of(loc), dotted(loc), f"unknown jamming level {cond.jamming!r}",
+                              ", ".join(sorted(levels)))
     base = Path(src.path).parent
     for i, cond in enumerate(cfg.conditions):
         for attr in ("trace", "downlink_trace"):

@@ -1,11 +1,16 @@
 """Capacity schedules: when would ``n`` bytes queued at time ``t`` be served?
 
-A schedule answers :meth:`CapacitySchedule.serve` exactly (no ticking), byte
-by byte as a fluid for rate schedules, so senders can sleep until a packet's
-last byte leaves with sub-millisecond precision. Capacity that passes while
-the queue is empty is lost, as on a real link: serving always starts at the
-packet's arrival or when the previous packet finished, whichever is later.
-Times are seconds since the link's epoch.
+A schedule is a cumulative capacity curve: :meth:`bytes_until` is how many
+bytes the link could have carried in ``[0, t)``, :meth:`time_of_bytes` its
+inverse (the earliest time by which ``b`` bytes were carried). Rate schedules
+are a byte fluid; :class:`OpportunitySchedule` (Mahimahi traces) is a step
+curve of delivery opportunities. Senders keep a byte *cursor* on that curve
+(:class:`ByteServer`): a packet starts at its arrival or where the previous
+packet ended, whichever is later, and leaves when its last byte is served, so
+leftover bytes of an opportunity serve the next packet and capacity that
+passes while the queue is empty is lost, as on a real link. Answers are exact
+(no ticking), so senders sleep until a packet leaves with sub-millisecond
+precision. Times are seconds since the link's epoch.
 """
 
 from __future__ import annotations
@@ -16,20 +21,73 @@ from dataclasses import dataclass
 
 
 class CapacitySchedule:
-    def serve(self, nbytes: int, t_start: float) -> float:
-        """Time at which the last of ``nbytes`` (queued at ``t_start``) is served."""
+    def bytes_until(self, t: float) -> float:
+        """Bytes the link could carry in ``[0, t)`` (opportunities at ``t`` not yet counted)."""
         raise NotImplementedError
+
+    def time_of_bytes(self, b: float) -> float:
+        """Earliest time at which ``b`` bytes have been carried (``inf`` if never)."""
+        raise NotImplementedError
+
+    def serve(self, nbytes: int, t_start: float) -> float:
+        """Time at which the last of ``nbytes`` (queued at ``t_start`` on an idle link) is served."""
+        return self.time_of_bytes(self.bytes_until(t_start) + nbytes)
 
     def rate_bps_at(self, t: float) -> float:
         raise NotImplementedError
+
+    def mean_bps(self, t0: float, t1: float) -> float:
+        """Mean capacity over ``[t0, t1)`` in bit/s."""
+        if t1 <= t0:
+            return self.rate_bps_at(t0)
+        return (self.bytes_until(t1) - self.bytes_until(t0)) * 8.0 / (t1 - t0)
+
+    def capacity_events(self, t0: float, t1: float, step_s: float = 0.001):
+        """``(t, nbytes)`` capacity chunks in ``[t0, t1)`` for link logs: opportunities
+        for traces, ``step_s`` slices of the fluid for rate schedules."""
+        k0 = math.floor(t0 / step_s)
+        k1 = math.floor(t1 / step_s)
+        for k in range(k0, k1):
+            a, b = k * step_s, (k + 1) * step_s
+            n = self.bytes_until(b) - self.bytes_until(a)
+            if n > 0:
+                yield a, n
 
     def describe(self) -> str:
         return type(self).__name__
 
 
+class ByteServer:
+    """A FIFO's position on a schedule's capacity curve (one link direction)."""
+
+    def __init__(self, schedule: CapacitySchedule):
+        self.schedule = schedule
+        self.pos = 0.0  # bytes of the capacity curve already used or lost
+
+    def plan(self, nbytes: int, t_arrival: float) -> tuple[float, float, float]:
+        """(start position, first-byte time, last-byte time) without committing."""
+        start = max(self.pos, self.schedule.bytes_until(t_arrival))
+        first = self.schedule.time_of_bytes(start + min(1, nbytes))
+        done = self.schedule.time_of_bytes(start + nbytes)
+        return start, first, done
+
+    def commit(self, start: float, nbytes: int) -> None:
+        self.pos = start + nbytes
+
+    def idle_until(self, t: float) -> None:
+        """The link was held (or idle) until ``t``: capacity before ``t`` is gone."""
+        self.pos = max(self.pos, self.schedule.bytes_until(t))
+
+
 @dataclass
 class ConstantRate(CapacitySchedule):
     bits_per_s: float
+
+    def bytes_until(self, t: float) -> float:
+        return max(0.0, t) * self.bits_per_s / 8.0
+
+    def time_of_bytes(self, b: float) -> float:
+        return max(0.0, b) * 8.0 / self.bits_per_s
 
     def serve(self, nbytes: int, t_start: float) -> float:
         return t_start + nbytes * 8.0 / self.bits_per_s
@@ -76,6 +134,8 @@ class PiecewiseRate(CapacitySchedule):
 
     def _bits_until(self, t: float) -> float:
         """Bits the link could carry in [0, t)."""
+        if t <= 0:
+            return 0.0
         if self.loop:
             k, tt = divmod(t, self.period)
             return k * self.bits_per_period + self._bits_in_period(tt)
@@ -89,6 +149,8 @@ class PiecewiseRate(CapacitySchedule):
 
     def _time_of_bits(self, bits: float) -> float:
         """Inverse of _bits_until: the earliest time by which ``bits`` were carried."""
+        if bits <= 0:
+            return 0.0
         base_t = 0.0
         if self.loop:
             k = max(0, math.ceil(bits / self.bits_per_period) - 1)
@@ -97,6 +159,12 @@ class PiecewiseRate(CapacitySchedule):
         while self.r[j] == 0 and j < len(self.t) - 1:
             j += 1
         return base_t + self.t[j] + (bits - self.cum[j]) / self.r[j]
+
+    def bytes_until(self, t: float) -> float:
+        return self._bits_until(t) / 8.0
+
+    def time_of_bytes(self, b: float) -> float:
+        return self._time_of_bits(b * 8.0)
 
     def serve(self, nbytes: int, t_start: float) -> float:
         return self._time_of_bits(self._bits_until(t_start) + nbytes * 8.0)
@@ -110,3 +178,82 @@ class PiecewiseRate(CapacitySchedule):
     def describe(self) -> str:
         mean = self.bits_per_period / self.period if self.loop else None
         return f"piecewise {len(self.t)} points" + (f", mean {mean / 1000:.1f} kbit/s" if mean else "")
+
+
+class OpportunitySchedule(CapacitySchedule):
+    """Mahimahi delivery opportunities: ``opportunity_bytes`` at each listed millisecond.
+
+    As in Mahimahi, a looping trace restarts with its base advanced by the
+    last timestamp (so the last line of one pass and the first line of the
+    next may share an instant); without ``loop`` the link carries nothing
+    after the last opportunity. A packet that arrives at exactly an
+    opportunity's time may use it.
+    """
+
+    def __init__(self, times_ms: list[int] | list[float], opportunity_bytes: int = 1504, loop: bool = True,
+                 name: str = "trace"):
+        if not len(times_ms):
+            raise ValueError("a trace needs at least one opportunity")
+        if opportunity_bytes <= 0:
+            raise ValueError("opportunity_bytes must be > 0")
+        self.ms = [float(x) for x in times_ms]
+        if any(b < a for a, b in zip(self.ms, self.ms[1:])):
+            raise ValueError("opportunity times must be non-decreasing")
+        if self.ms[0] < 0:
+            raise ValueError("opportunity times must be >= 0")
+        self.period_ms = self.ms[-1]
+        if loop and self.period_ms <= 0:
+            raise ValueError("a looping trace must last for a nonzero amount of time")
+        self.n = len(self.ms)
+        self.opp = int(opportunity_bytes)
+        self.loop = loop
+        self.name = name
+
+    # opportunities strictly before t (ms)
+    def _count_before(self, t_ms: float) -> int:
+        if t_ms <= 0:
+            return 0
+        if not self.loop:
+            return bisect.bisect_left(self.ms, t_ms)
+        c = math.floor(t_ms / self.period_ms)
+        r = t_ms - c * self.period_ms
+        count = bisect.bisect_left(self.ms, r)
+        if c >= 1:
+            count += (c - 1) * self.n + bisect.bisect_left(self.ms, r + self.period_ms)
+        return count
+
+    def _time_of_index_ms(self, k: int) -> float:
+        if k < 0:
+            return 0.0
+        if not self.loop:
+            return self.ms[k] if k < self.n else math.inf
+        c, i = divmod(k, self.n)
+        return c * self.period_ms + self.ms[i]
+
+    def bytes_until(self, t: float) -> float:
+        return float(self._count_before(t * 1000.0) * self.opp)
+
+    def time_of_bytes(self, b: float) -> float:
+        if b <= 0:
+            return 0.0
+        k = math.ceil(b / self.opp - 1e-9) - 1
+        return self._time_of_index_ms(k) / 1000.0
+
+    def rate_bps_at(self, t: float) -> float:
+        return self.mean_bps(max(0.0, t - 0.5), t + 0.5)
+
+    def mean_bps_per_period(self) -> float:
+        return self.n * self.opp * 8.0 / (self.period_ms / 1000.0) if self.period_ms > 0 else math.inf
+
+    def capacity_events(self, t0: float, t1: float, step_s: float = 0.001):
+        k = self._count_before(t0 * 1000.0)
+        while True:
+            t = self._time_of_index_ms(k) / 1000.0
+            if t >= t1 or math.isinf(t):
+                return
+            yield t, self.opp
+            k += 1
+
+    def describe(self) -> str:
+        return (f"mahimahi {self.name}: {self.n} opportunities x {self.opp} B over {self.period_ms / 1000:g} s, "
+                f"mean {self.mean_bps_per_period() / 1000:.1f} kbit/s{'' if self.loop else ', once'}")

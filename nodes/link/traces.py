@@ -1,7 +1,10 @@
 """Trace files that drive shaped links.
 
-CSV rate schedules: a header ``t_ms,kbps`` then one row per change point
-(``t_ms`` non-decreasing from 0, ``kbps`` >= 0). Errors name ``file:line``.
+Two formats, chosen by extension (:func:`load_schedule`): ``.csv`` is a rate
+schedule -- a header ``t_ms,kbps`` then one row per change point (``t_ms``
+non-decreasing from 0, ``kbps`` >= 0; blank lines and ``#`` comments are
+allowed) -- and anything else is a Mahimahi packet-delivery trace
+(:mod:`nodes.link.mahimahi`). Errors name ``file:line``.
 """
 
 from __future__ import annotations
@@ -56,22 +59,31 @@ def read_csv_rates(path: str | Path) -> tuple[list[float], list[float]]:
 
 
 def write_csv_rates(path: str | Path, times_ms: list[float], kbps: list[float]) -> None:
-    lines = ["t_ms,kbps"] + [f"{t:g},{r:g}" for t, r in zip(times_ms, kbps)]
-    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if not times_ms or len(times_ms) != len(kbps):
+        raise ValueError("need matching, non-empty times and rates")
+    if times_ms[0] != 0 or any(b < a for a, b in zip(times_ms, times_ms[1:])) or min(kbps) < 0:
+        raise ValueError("t_ms must start at 0 and be non-decreasing; kbps must be >= 0")
+    lines = ["t_ms,kbps"] + [f"{t:.10g},{r:.10g}" for t, r in zip(times_ms, kbps)]
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def csv_schedule(path: str | Path, loop: bool = True) -> PiecewiseRate:
+    """A CSV rate schedule; when looping, the period is the last row's time plus the last step."""
+    times, rates = read_csv_rates(path)
+    period = times[-1] + (times[-1] - times[-2]) if len(times) > 1 else 1000.0
+    try:
+        return PiecewiseRate([t / 1000 for t in times], [r * 1000 for r in rates], period_s=period / 1000, loop=loop)
+    except ValueError as exc:
+        raise TraceError(path, None, str(exc)) from None
 
 
 def load_schedule(path: str | Path, loop: bool = True, opportunity_bytes: int = 1504):
-    """A :class:`CapacitySchedule` from a trace file (CSV rate schedule)."""
+    """A :class:`CapacitySchedule` from a trace file: ``.csv`` = rate schedule, else Mahimahi."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
-        times, rates = read_csv_rates(path)
-        if len(times) > 1:
-            period = times[-1] + (times[-1] - times[-2])
-        else:
-            period = 1000.0
-        return PiecewiseRate([t / 1000 for t in times], [r * 1000 for r in rates], period_s=period / 1000, loop=loop)
-    try:
-        from .mahimahi import load_mahimahi_schedule  # provided by the trace machinery
-    except ImportError:
-        raise TraceError(path, None, "unsupported trace format (use a .csv rate schedule)") from None
+        return csv_schedule(path, loop=loop)
+    from .mahimahi import load_mahimahi_schedule
     return load_mahimahi_schedule(path, loop=loop, opportunity_bytes=opportunity_bytes)

@@ -1,0 +1,40 @@
+"""Shared test setup.
+
+Models and artifacts are cached in ``.hilbed-cache`` at the repository root
+(unless HILBED_CACHE_DIR is set), so the default model is trained once per
+checkout and reused by every test and by `make run`'s subprocess agents.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HILBED_CACHE_DIR", str(REPO / ".hilbed-cache"))
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_model():
+    """The default model (trained on first use, then cached)."""
+    from nodes.workload.models import load_model
+    return load_model("synthetic-cnn", "cpu", 32)
