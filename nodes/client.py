@@ -76,7 +76,7 @@ class ClientAgent(Agent):
         enc = make_codec(codec, params)
         period_ns = int(period_ms * 1e6)
         deadline_ns_rel = int(deadline_ms * 1e6)
-        t0 = max(start_ns or 0, time.time_ns() + 20_000_000)
+        t0 = max(start_ns or 0, time.time_ns() + 5_000_000)
         futures = []
         for k, idx in enumerate(indices):
             if self._abort.is_set():

@@ -26,8 +26,8 @@ def _default_path(name: str) -> str:
 
 
 def _console():
-    from rich.console import Console
-    return Console(highlight=False)
+    from .ui import make_console
+    return make_console()
 
 
 def cmd_validate(args) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from .config import CodecCfg, ConditionCfg, ScenarioCfg, TestbedCfg
 
-PER_TRIAL_OVERHEAD_S = 0.15  # controller round trips + stream start margin, from benchmarks/run_overhead.py
+PER_TRIAL_OVERHEAD_S = 0.05  # start margin + round trips: ~31 ms measured by benchmarks/run_overhead.py
 
 
 def trial_id(scenario: str, codec: CodecCfg, cond: ConditionCfg, deadline_ms: float, repetition: int) -> str:

@@ -23,14 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console  # noqa: F401 (type of the console argument)
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .config import ScenarioCfg, TestbedCfg, load_scenario, load_testbed
 from .plan import Plan, Trial, make_plan
 from .store import RunStore
+from .ui import make_console
 from .transport import REPO_ROOT, AgentFailed, AgentHandle, LocalTransport, Transport, clock_probe
 
+#: lead time between asking clients to start a trial and the first image's arrival
+START_MARGIN_NS = 30_000_000
 AGENT_MODULES = {"client": "nodes.client", "edge": "nodes.edge", "jammer": "nodes.jammer"}
 
 
@@ -99,7 +102,7 @@ class Runner:
     def __init__(self, testbed_path: str | Path | None = None, scenario_path: str | Path | None = None, *,
                  results_dir: str | Path | None = None, resume_dir: str | Path | None = None,
                  console: Console | None = None, make_report: bool = True, quiet: bool = False):
-        self.console = console or Console(stderr=False)
+        self.console = console or make_console()
         self.quiet = quiet
         self.make_report = make_report
         self.handles: dict[tuple[str, str], AgentHandle] = {}
@@ -349,7 +352,8 @@ class Runner:
 
     def _run_trial(self, t: Trial, remaining: dict[str, list[int]]) -> None:
         period = self.scenario.stream.period_ms
-        start_ns = time.time_ns() + 100_000_000  # common start so clients' streams are aligned
+        t_call = time.time_ns()
+        start_ns = t_call + START_MARGIN_NS  # common start so clients' streams are aligned
         futs = []
         for c, idx in remaining.items():
             if not idx:
@@ -364,6 +368,8 @@ class Runner:
             raise AgentFailed(f"trial {t.id} did not finish within {budget:.0f} s")
         for f in finished:
             f.result()  # raise agent errors
+        self.store.append_event("trial_done", trial_id=t.id, t_call_ns=t_call, start_ns=start_ns,
+                                t_done_ns=time.time_ns(), images=sum(len(v) for v in remaining.values()))
 
     def _teardown(self) -> None:
         self._stop_jamming()
@@ -380,9 +386,9 @@ class Runner:
         self.handles.clear()
 
     def _finish(self, state: str, wall_s: float) -> RunOutcome:
-        from analysis.load import read_jsonl, write_parquet
+        from analysis.load import dedup, read_jsonl, write_parquet
         from analysis.metrics import summary
-        records = read_jsonl(self.store.trials_path)
+        records = dedup(read_jsonl(self.store.trials_path))
         write_parquet(records, self.store.root / "results.parquet")
         report = None
         summ = None
