@@ -19,6 +19,7 @@ Wire format (identical to OpenThread's ``src/lib/hdlc``):
 
 from __future__ import annotations
 
+import binascii
 import re
 
 FLAG = 0x7E
@@ -34,24 +35,20 @@ FCS_GOOD_RESIDUE = 0xF0B8
 DEFAULT_MAX_FRAME = 2048  # decoded bytes; Spinel frames are <= 1300 bytes
 
 
-def _make_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0x8408 if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
+# The X.25 CRC is the bit-reflected form of CRC-CCITT: reflecting every input
+# byte, running the MSB-first CRC (binascii.crc_hqx, implemented in C) and
+# reflecting the 16-bit result gives the same value as the LSB-first
+# polynomial 0x8408 -- at C speed instead of a Python loop per byte.
+_REFLECT8 = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
 
 
-_FCS_TABLE = _make_table()
+def _reflect16(x: int) -> int:
+    return (_REFLECT8[x & 0xFF] << 8) | _REFLECT8[x >> 8]
 
 
 def fcs16_update(fcs: int, data: bytes) -> int:
-    table = _FCS_TABLE
-    for b in data:
-        fcs = (fcs >> 8) ^ table[(fcs ^ b) & 0xFF]
-    return fcs
+    """Advance the (uncomplemented) LSB-first CRC state ``fcs`` over ``data``."""
+    return _reflect16(binascii.crc_hqx(bytes(data).translate(_REFLECT8), _reflect16(fcs)))
 
 
 def fcs16(data: bytes) -> int:

@@ -27,6 +27,7 @@ addresses, optional PAN ID compression, and immediate ACK frames.
 
 from __future__ import annotations
 
+import binascii
 import struct
 from dataclasses import dataclass
 
@@ -127,26 +128,17 @@ def analytic_goodput_kbps(payload_bytes: int, psdu_len: int = MAX_PSDU, *, ack: 
 
 # --- 802.15.4 FCS (ITU-T CRC-16, reflected poly 0x8408, init 0, no final XOR) --------
 
-def _make_table(poly_reflected: int) -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ poly_reflected if crc & 1 else crc >> 1
-        table.append(crc)
-    return table
-
-
-_KERMIT_TABLE = _make_table(0x8408)
+_REFLECT8 = bytes(int(f"{i:08b}"[::-1], 2) for i in range(256))
 
 
 def fcs16(data: bytes) -> int:
-    """802.15.4 FCS over the MHR+payload (CRC-16/KERMIT; check("123456789") = 0x2189)."""
-    crc = 0
-    table = _KERMIT_TABLE
-    for b in data:
-        crc = (crc >> 8) ^ table[(crc ^ b) & 0xFF]
-    return crc
+    """802.15.4 FCS over the MHR+payload (CRC-16/KERMIT; check("123456789") = 0x2189).
+
+    Computed as the bit-reflection of CRC-CCITT over bit-reflected bytes so the
+    per-byte work happens in C (``binascii.crc_hqx``).
+    """
+    crc = binascii.crc_hqx(bytes(data).translate(_REFLECT8), 0)
+    return (_REFLECT8[crc & 0xFF] << 8) | _REFLECT8[crc >> 8]
 
 
 def append_fcs(mpdu_without_fcs: bytes) -> bytes:

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import logging
 import queue
+import select
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable, Literal
+from typing import Any, Literal, cast
 
 import serial
 
@@ -127,8 +129,8 @@ class RadioStats:
     extra: dict[str, int] = field(default_factory=dict)
 
 
-def _open_serial(port: str, baudrate: int, rtscts: bool) -> serial.SerialBase:
-    ser = serial.serial_for_url(port, baudrate=baudrate, rtscts=rtscts, timeout=SERIAL_POLL_S)
+def _open_serial(port: str, baudrate: int, rtscts: bool) -> serial.Serial:
+    ser = cast(serial.Serial, serial.serial_for_url(port, baudrate=baudrate, rtscts=rtscts, timeout=SERIAL_POLL_S))
     try:
         ser.reset_input_buffer()
     except (serial.SerialException, OSError, NotImplementedError):
@@ -143,7 +145,7 @@ class SpinelRadio:
 
     def __init__(self, port: str | None = None, *, baudrate: int = DEFAULT_SPINEL_BAUD, rtscts: bool = False,
                  timeout: float = 2.0, reset: bool = True, host_retries: bool = True,
-                 serial_instance: serial.SerialBase | None = None) -> None:
+                 serial_instance: serial.Serial | None = None) -> None:
         if serial_instance is None and port is None:
             raise ValueError("need a port or a serial instance")
         self.port = port or getattr(serial_instance, "port", "?")
@@ -170,34 +172,74 @@ class SpinelRadio:
         self.ext_addr: bytes | None = None
         self.tx_power_dbm: int | None = None
         self._seq = 0
+        self._pump_lock = threading.Lock()
+        self._waiters = 0
+        try:
+            self._fd: int | None = self._ser.fileno()
+        except (AttributeError, OSError, ValueError, NotImplementedError, serial.SerialException):
+            self._fd = None  # e.g. socket:// or rfc2217:// ports: reader thread only
         self._reader = threading.Thread(target=self._read_loop, name=f"spinel-reader:{self.port}", daemon=True)
         self._reader.start()
         if reset:
-            self.reset()
+            try:
+                self.reset()
+            except BaseException:
+                self.close()
+                raise
 
     # --- plumbing -----------------------------------------------------------------
     def _read_loop(self) -> None:
-        ser = self._ser
         while not self._closed:
             try:
-                waiting = ser.in_waiting
-                data = ser.read(waiting if waiting > 0 else 1)
-            except (serial.SerialException, OSError, TypeError, AttributeError) as exc:
+                if self._fd is not None:
+                    with self._cond:
+                        # A thread waiting for a reply reads the port itself (see _pump).
+                        while self._waiters and not self._closed:
+                            self._cond.wait(0.5)
+                    self._pump(SERIAL_POLL_S, background=True)
+                else:
+                    waiting = self._ser.in_waiting
+                    data = self._ser.read(waiting if waiting > 0 else 1)
+                    if data:
+                        with self._pump_lock:
+                            self._ingest(data)
+            except (serial.SerialException, OSError, TypeError, AttributeError, ValueError) as exc:
                 if not self._closed:
                     self._reader_error = exc
                     log.error("%s: serial read failed: %s", self.port, exc)
                 with self._cond:
                     self._cond.notify_all()
                 return
-            if not data:
-                continue
-            t_mono, t_wall = time.monotonic(), time.time()
-            self.stats.bytes_in += len(data)
-            for payload in self._decoder.feed(data):
-                self._dispatch(payload, t_mono, t_wall)
-            d = self._decoder
-            self.stats.bad_frames = d.bad_frames + self._bad_spinel
-            self.stats.garbage_bytes = d.garbage_bytes
+
+    def _pump(self, timeout: float, background: bool = False) -> None:
+        """Wait up to ``timeout`` for input, then read and dispatch what is there.
+
+        While a thread waits for a reply it reads the port itself, so the
+        reply is decoded in the waiting thread -- no hand-off between threads
+        on the latency-critical transmit path.  The background reader backs
+        off while someone waits; the lock keeps the byte order intact for
+        the stateful decoder.
+        """
+        assert self._fd is not None
+        ready, _, _ = select.select([self._fd], [], [], timeout)
+        if not ready:
+            return
+        if background and self._waiters:
+            return
+        with self._pump_lock:
+            waiting = self._ser.in_waiting
+            if waiting <= 0:
+                return
+            self._ingest(self._ser.read(waiting))
+
+    def _ingest(self, data: bytes) -> None:
+        t_mono, t_wall = time.monotonic(), time.time()
+        self.stats.bytes_in += len(data)
+        for payload in self._decoder.feed(data):
+            self._dispatch(payload, t_mono, t_wall)
+        d = self._decoder
+        self.stats.bad_frames = d.bad_frames + self._bad_spinel
+        self.stats.garbage_bytes = d.garbage_bytes
 
     def _dispatch(self, payload: bytes, t_mono: float, t_wall: float) -> None:
         try:
@@ -259,17 +301,31 @@ class SpinelRadio:
         tid = self._next_tid()
         with self._cond:
             self._responses.pop(tid, None)
-        self._write(build(tid))
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        with self._cond:
-            while tid not in self._responses:
-                if self._reader_error is not None:
-                    raise RadioError(f"{self.port}: reader stopped: {self._reader_error}")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise RadioTimeout(f"{self.port}: no reply for TID {tid}")
-                self._cond.wait(remaining)
-            return self._responses.pop(tid)
+            self._waiters += 1
+        try:
+            self._write(build(tid))
+            deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+            while True:
+                with self._cond:
+                    if tid in self._responses:
+                        return self._responses.pop(tid)
+                    if self._reader_error is not None:
+                        raise RadioError(f"{self.port}: reader stopped: {self._reader_error}")
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise RadioTimeout(f"{self.port}: no reply for TID {tid}")
+                    if self._fd is None:
+                        self._cond.wait(remaining)
+                        continue
+                try:
+                    # Short slices: another waiter may have consumed our reply.
+                    self._pump(min(remaining, 0.01))
+                except (serial.SerialException, OSError, TypeError, ValueError) as exc:
+                    raise RadioError(f"{self.port}: serial read failed: {exc}") from exc
+        finally:
+            with self._cond:
+                self._waiters -= 1
+                self._cond.notify_all()
 
     # --- Spinel property access -------------------------------------------------------
     def get_prop(self, prop: int, fmt: str | None = None) -> list[Any]:
@@ -384,7 +440,7 @@ class SpinelRadio:
                 value = spinel.stream_raw_tx_value(psdu, ch, max_csma_backoffs=max_csma_backoffs,
                                                    max_frame_retries=rcp_retries, csma_ca=csma)
                 frame, t_mono, t_wall = self._transact(
-                    lambda tid: spinel.cmd_prop_set(spinel.PROP_STREAM_RAW, value, tid), timeout)
+                    lambda tid, v=value: spinel.cmd_prop_set(spinel.PROP_STREAM_RAW, v, tid), timeout)
                 status_code, ack = self._parse_tx_done(frame, t_mono, t_wall)
                 if status_code == spinel.STATUS_OK:
                     result = TxResult.OK
@@ -470,7 +526,7 @@ class SpinelRadio:
         except (serial.SerialException, OSError):
             pass
 
-    def __enter__(self) -> "SpinelRadio":
+    def __enter__(self) -> SpinelRadio:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -483,7 +539,7 @@ class WuartRadio:
     protocol = "wuart"
 
     def __init__(self, port: str | None = None, *, baudrate: int = DEFAULT_WUART_BAUD, rtscts: bool = True,
-                 pace: bool = True, serial_instance: serial.SerialBase | None = None) -> None:
+                 pace: bool = True, serial_instance: serial.Serial | None = None) -> None:
         if serial_instance is None and port is None:
             raise ValueError("need a port or a serial instance")
         self.port = port or getattr(serial_instance, "port", "?")
@@ -590,7 +646,7 @@ class WuartRadio:
         except (serial.SerialException, OSError):
             pass
 
-    def __enter__(self) -> "WuartRadio":
+    def __enter__(self) -> WuartRadio:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -30,6 +30,7 @@ the decoder's worst-case resync scan stays short.
 
 from __future__ import annotations
 
+import binascii
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
@@ -52,25 +53,9 @@ class FrameType(IntEnum):
     ABORT = 4
 
 
-def _make_table() -> list[int]:
-    table = []
-    for byte in range(256):
-        crc = byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x1021) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
-        table.append(crc)
-    return table
-
-
-_CRC_TABLE = _make_table()
-
-
 def crc16_ccitt(data: bytes, crc: int = 0xFFFF) -> int:
-    """CRC-16/CCITT-FALSE; crc16_ccitt(b"123456789") == 0x29B1."""
-    table = _CRC_TABLE
-    for b in data:
-        crc = ((crc << 8) & 0xFFFF) ^ table[((crc >> 8) ^ b) & 0xFF]
-    return crc
+    """CRC-16/CCITT-FALSE (MSB first, poly 0x1021); crc16_ccitt(b"123456789") == 0x29B1."""
+    return binascii.crc_hqx(bytes(data), crc)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,8 @@ def test_command_vectors() -> None:
     # PROP_VALUE_SET(PHY_CHAN=0x21, 15), TID 4
     assert spinel.cmd_prop_set(spinel.PROP_PHY_CHAN, spinel.pack("C", 15), tid=4) == bytes([0x84, 0x03, 0x21, 0x0F])
     # PROP_VALUE_SET(PHY_ENABLED=0x20, true)
-    assert spinel.cmd_prop_set(spinel.PROP_PHY_ENABLED, spinel.pack("b", True), tid=5) == bytes([0x85, 0x03, 0x20, 0x01])
+    assert spinel.cmd_prop_set(spinel.PROP_PHY_ENABLED, spinel.pack("b", True), tid=5) == \
+        bytes([0x85, 0x03, 0x20, 0x01])
     # PROP_VALUE_SET(MAC_15_4_PANID=0x36, 0xABCD): uint16 little-endian
     assert spinel.cmd_prop_set(spinel.PROP_MAC_15_4_PANID, spinel.pack("S", 0xABCD), tid=6) == \
         bytes([0x86, 0x03, 0x36, 0xCD, 0xAB])

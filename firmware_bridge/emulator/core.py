@@ -86,7 +86,7 @@ class Emulator:
         """Run the loop in the calling thread until ``stop()``."""
         self.loop.run()
 
-    def start(self) -> "Emulator":
+    def start(self) -> Emulator:
         """Run the loop in a daemon thread."""
         if self._thread is None:
             self._thread = threading.Thread(target=self.loop.run, name="hilbed-emulator", daemon=True)
@@ -108,7 +108,7 @@ class Emulator:
         self.loop.close()
         self._closed = True
 
-    def __enter__(self) -> "Emulator":
+    def __enter__(self) -> Emulator:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

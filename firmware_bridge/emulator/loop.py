@@ -22,7 +22,8 @@ import selectors
 import threading
 import time
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +131,8 @@ class EventLoop:
 
     def run(self) -> None:
         self.thread_id = threading.get_ident()
-        self._stopping = False
+        # _stopping is not reset here: a stop() (e.g. SIGTERM) that arrives
+        # before run() starts must still be honoured.
         while not self._stopping:
             self._run_once()
 

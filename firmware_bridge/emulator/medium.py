@@ -34,15 +34,16 @@ import os
 import random
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
 NOISE_FLOOR_DBM = -100
 INTERFERENCE_RSSI_DBM = -45
 FRAME_RSSI_DBM = -55
-HISTORY_S = 2.0
+HISTORY_S = 0.25  # model events are never evaluated further back than a few ms
 CHANNELS = range(11, 27)
 
 
@@ -180,11 +181,12 @@ class Medium:
             for ch, track in self._tracks.items():
                 track.reconfigure(now, cfg.load_for(ch), cfg.burst_ms / 1000.0)
             self._applied_version = version
-        track = self._tracks.get(channel)
-        if track is None:
-            track = _InterferenceTrack(random.Random(self._rng.random()))
-            track.reconfigure(self._clock(), cfg.load_for(channel), cfg.burst_ms / 1000.0)
-            self._tracks[channel] = track
+        existing = self._tracks.get(channel)
+        if existing is not None:
+            return existing
+        track = _InterferenceTrack(random.Random(self._rng.random()))
+        track.reconfigure(self._clock(), cfg.load_for(channel), cfg.burst_ms / 1000.0)
+        self._tracks[channel] = track
         return track
 
     def jammed(self, channel: int, t0: float, t1: float) -> bool:

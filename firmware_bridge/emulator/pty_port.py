@@ -20,7 +20,7 @@ import logging
 import os
 import tty
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from .loop import EventLoop
 
@@ -101,8 +101,10 @@ class PtyPort:
     # --- device -> host ---------------------------------------------------------
     def write(self, data: bytes, not_before: float | None = None) -> float:
         """Queue ``data`` for the host; returns the model time it will be complete."""
-        now = self.loop.time()
-        start = max(now, self._tx_line_free, not_before or 0.0)
+        # With ``not_before`` (the model time the firmware produced the data)
+        # the line timeline stays in model time, so a late wake-up of the loop
+        # is not added on top of the serial transfer time.
+        start = max(self.loop.time() if not_before is None else not_before, self._tx_line_free)
         done = start + len(data) * self.byte_time
         self._tx_line_free = done
         self.loop.call_at(done, self._emit, data)

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from .. import phy
 from .loop import EventLoop
@@ -44,7 +45,7 @@ class TxRequest:
     csma: bool = True
     max_csma_backoffs: int = phy.MAC_MAX_CSMA_BACKOFFS
     max_frame_retries: int = phy.MAC_MAX_FRAME_RETRIES
-    done: Callable[["TxResult"], None] | None = None
+    done: Callable[[TxResult], None] | None = None
 
 
 @dataclass
@@ -83,7 +84,7 @@ class _TxState:
 class RadioModel:
     """One radio attached to a Medium; delivers received frames via ``on_receive``."""
 
-    def __init__(self, loop: EventLoop, medium: Medium, peers: list["RadioModel"], *,
+    def __init__(self, loop: EventLoop, medium: Medium, peers: list[RadioModel], *,
                  rng: random.Random, name: str = "radio") -> None:
         self.loop = loop
         self.medium = medium
