@@ -103,6 +103,7 @@ class ClientAgent(Agent):
                 "chunks_total": len(encoded.chunks), "tx_chunks_delivered": rep.chunks_delivered,
                 "tx_bytes_delivered": rep.bytes_delivered, "wire_bytes_sent": rep.wire_bytes_sent,
                 "packets_sent": rep.packets_sent, "packets_lost": rep.packets_lost, "tx_aborted": rep.aborted,
+                "retries": getattr(rep, "retries", 0), "cca_failures": getattr(rep, "cca_failures", 0),
                 "chunk_times_ns": rep.chunk_times_ns,
             }
             futures.append(self._waiters.submit(self._await_result, msg_id, base, result_timeout_s))

@@ -38,9 +38,13 @@ class Incoming:
     t_last_rx_ns: int | None = None
     late_packets: int = 0
     end_flag: str = "deadline"  # how the message closed: end / aborted / deadline / disconnect
+    closed: bool = False
+    work: "queue.Queue | None" = None
+    rssi: list[int] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add(self, chunk: int, off: int, data: bytes, t_ns: int) -> None:
-        if chunk >= len(self.chunk_sizes):
+        if chunk >= len(self.chunk_sizes) or self.closed:
             return
         buf = self.got.setdefault(chunk, bytearray(self.chunk_sizes[chunk]))
         buf[off:off + len(data)] = data
@@ -73,6 +77,9 @@ class EdgeAgent(Agent):
         self.server: socket.socket | None = None
         self.conns: list[socket.socket] = []
         self.infer_lock = threading.Lock()
+        self.radio = None
+        self.radio_inbox: dict[int, Incoming] = {}
+        self._radio_stop = threading.Event()
         self.stats = {"messages": 0, "decoded": 0, "late_packets": 0, "connections": 0, "bad_frames": 0}
 
     # -- ops --------------------------------------------------------------
@@ -107,6 +114,56 @@ class EdgeAgent(Agent):
     def op_stats(self) -> dict:
         return dict(self.stats)
 
+    def op_open_radio(self, protocol: str, port: str, baud: int | None = None, rtscts: bool | None = None,
+                      channel: int = 15, tx_power_dbm: int = 0, pan_id: int = 0xABCD, short_addr: int = 0x0100) -> dict:
+        """Listen for image data on the edge's own radio (the ``radio`` link kind)."""
+        from firmware_bridge import MessageReceiver, open_radio
+        self.op_close_radio()
+        radio = open_radio(protocol, port, baud=baud, rtscts=rtscts)
+        facts = {"protocol": protocol, "port": port}
+        if protocol == "spinel":
+            radio.configure(channel=channel, tx_power_dbm=tx_power_dbm, pan_id=pan_id, short_addr=short_addr)
+            facts["ncp_version"] = radio.ncp_version()
+        self.radio = radio
+        self._radio_stop.clear()
+        receiver = MessageReceiver(radio)
+        threading.Thread(target=self._radio_loop, args=(receiver,), daemon=True, name="edge-radio").start()
+        return facts
+
+    def op_close_radio(self) -> dict:
+        self._radio_stop.set()
+        if self.radio is not None:
+            try:
+                self.radio.close()
+            except Exception:
+                pass
+            self.radio = None
+        return {}
+
+    def _radio_loop(self, receiver) -> None:
+        while not self._radio_stop.is_set():
+            try:
+                ev = receiver.recv(0.2)
+            except Exception as exc:  # port closed or device gone
+                if not self._radio_stop.is_set():
+                    log.warning("radio receive stopped: %s", exc)
+                return
+            if ev is None or ev.kind not in ("chunk", "end", "abort"):
+                continue
+            inc = self.radio_inbox.get(ev.msg_id)
+            t_ns = int(ev.t_wall * 1e9)
+            if ev.kind != "chunk":
+                if inc is not None:
+                    self._finish(inc, "end" if ev.kind == "end" else "aborted")
+                continue
+            if inc is None or t_ns > inc.deadline_ns:
+                self.stats["late_packets"] += 1
+                continue
+            with inc.lock:
+                inc.add(int(ev.chunk_index), 0, ev.data, t_ns)
+                if ev.rssi is not None:
+                    inc.rssi.append(ev.rssi)
+
     # -- serving ----------------------------------------------------------
     def _accept_loop(self) -> None:
         assert self.server is not None
@@ -134,8 +191,7 @@ class EdgeAgent(Agent):
                 f = reader.read(timeout)
                 now = time.time_ns()
                 if cur is not None and now > cur.deadline_ns:
-                    cur.end_flag = "deadline"
-                    work.put(cur)
+                    self._finish(cur, "deadline")
                     closed_ids.add(cur.meta["msg_id"])
                     cur = None
                 if f is None:
@@ -143,10 +199,11 @@ class EdgeAgent(Agent):
                 if f.type == wire.BEGIN:
                     meta = f.json()
                     if cur is not None:  # previous message never ended: close it now
-                        cur.end_flag = "superseded"
-                        work.put(cur)
+                        self._finish(cur, "superseded")
                         closed_ids.add(cur.meta["msg_id"])
-                    cur = Incoming(meta, now, list(meta["chunk_sizes"]), int(meta["deadline_edge_ns"]))
+                    cur = Incoming(meta, now, list(meta["chunk_sizes"]), int(meta["deadline_edge_ns"]), work=work)
+                    if meta.get("via") == "radio":
+                        self.radio_inbox[int(meta["radio_msg"])] = cur
                 elif f.type == wire.DATA:
                     msg, chunk, off, data = f.data()
                     if cur is not None and msg == cur.meta["msg_id"]:
@@ -156,8 +213,11 @@ class EdgeAgent(Agent):
                 elif f.type == wire.END:
                     msg, aborted = f.end()
                     if cur is not None and msg == cur.meta["msg_id"]:
-                        cur.end_flag = "aborted" if aborted else "end"
-                        work.put(cur)
+                        if cur.meta.get("via") == "radio" and not aborted:
+                            # the sender is done, but frames may still be in the radio's
+                            # buffers: the radio's own END (or the deadline) closes it
+                            continue
+                        self._finish(cur, "aborted" if aborted else "end")
                         closed_ids.add(msg)
                         cur = None
         except (EOFError, OSError):
@@ -166,9 +226,20 @@ class EdgeAgent(Agent):
             self.stats["bad_frames"] += 1
             log.warning("closing connection on bad framing: %s", exc)
         if cur is not None:
-            cur.end_flag = "disconnect"
-            work.put(cur)
+            self._finish(cur, "disconnect")
         work.put(None)
+
+    def _finish(self, inc: Incoming, how: str) -> None:
+        """Close a message exactly once and queue it for decoding."""
+        with inc.lock:
+            if inc.closed:
+                return
+            inc.closed = True
+            inc.end_flag = how
+        if inc.meta.get("via") == "radio":
+            self.radio_inbox.pop(int(inc.meta["radio_msg"]), None)
+        assert inc.work is not None
+        inc.work.put(inc)
 
     def _codec(self, name: str, params: dict) -> Codec:
         key = name + repr(sorted(params.items()))
@@ -221,9 +292,11 @@ class EdgeAgent(Agent):
             "edge_t_begin_ns": inc.t_begin_ns, "edge_t_rx_end_ns": inc.t_last_rx_ns,
             "edge_t_close_ns": t_close, "edge_t_decode_start_ns": t_dec0, "edge_t_decode_end_ns": t_dec1,
             "edge_t_infer_end_ns": t_inf1, "edge_t_reply_ns": time.time_ns(),
+            "rssi_dbm": (sum(inc.rssi) / len(inc.rssi)) if inc.rssi else None,
         }
 
     def teardown(self) -> None:
+        self.op_close_radio()
         if self.server is not None:
             try:
                 self.server.close()

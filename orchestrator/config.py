@@ -57,8 +57,8 @@ class RadioCfg(Strict):
     protocol: Literal["spinel", "wuart"]
     port: str = Field(..., description="anything pyserial opens: /dev/serial/by-id/..., socket://h:p, rfc2217://h:p, "
                       "or 'emulated' on the embedded testbed")
-    baud: int = Field(115200, gt=0)
-    rtscts: bool = False
+    baud: int | None = Field(None, gt=0, description="default: 1000000 for spinel (USB CDC), 230400 for wuart")
+    rtscts: bool | None = Field(None, description="default: off for spinel, on for wuart")
     channel: int = Field(15, ge=11, le=26)
     tx_power_dbm: int = Field(0, ge=-40, le=8)
     pan_id: int = Field(0xABCD, ge=0, le=0xFFFF)

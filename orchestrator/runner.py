@@ -26,6 +26,7 @@ from typing import Any
 from rich.console import Console  # noqa: F401 (type of the console argument)
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from .errors import RunError
 from .config import ScenarioCfg, TestbedCfg, load_scenario, load_testbed
 from .plan import Plan, Trial, make_plan
 from .store import RunStore
@@ -36,9 +37,6 @@ from .transport import REPO_ROOT, AgentFailed, AgentHandle, LocalTransport, Tran
 START_MARGIN_NS = 30_000_000
 AGENT_MODULES = {"client": "nodes.client", "edge": "nodes.edge", "jammer": "nodes.jammer"}
 
-
-class RunError(RuntimeError):
-    """A run could not start or had to stop; the message says why and what to do."""
 
 
 def git_facts() -> dict:
@@ -114,6 +112,7 @@ class Runner:
         self._task = None
         self._records_written = 0
         self.offsets: dict[str, dict] = {}
+        self.radio_bench = None
         if resume_dir is not None:
             self.store = RunStore(Path(resume_dir))
             if not self.store.manifest_path.exists():
@@ -173,10 +172,19 @@ class Runner:
             for role in cfg.roles:
                 if role not in roles_needed:
                     continue
-                proc = self.transports[node].start_agent(AGENT_MODULES[role], [], self.store.logs / f"{node}-{role}.log")
+                proc = self.transports[node].start_agent(AGENT_MODULES[role], [], self.store.logs / f"{node}-{role}.log",
+                                                         env=self.agent_env())
                 self.handles[(node, role)] = AgentHandle(node, role, proc, self._on_event)
         for h in self.handles.values():
             h.wait_ready(60)
+
+    def agent_env(self) -> dict[str, str]:
+        """Environment every agent gets: where the shared (emulated) medium is published."""
+        return {"HILBED_MEDIUM_FILE": str(self.medium_file), "HILBED_RUN_ID": self.store.run_id}
+
+    @property
+    def medium_file(self) -> Path:
+        return self.store.root / "medium.json"
 
     def agent(self, node: str, role: str) -> AgentHandle:
         return self.handles[(node, role)]
@@ -302,6 +310,11 @@ class Runner:
             if not todo:
                 prog.update(self._task, completed=1, description="nothing left to do")
                 return
+            if any(c.link.kind == "radio" for c in self.scenario.conditions):
+                from .radios import RadioBench
+                prog.update(self._task, description="starting radios")
+                self.radio_bench = RadioBench(self.testbed, self.medium_file, self.scenario.workload.seed)
+                self.manifest["radio_ports"] = self.radio_bench.start()
             self._start_agents()
             edge = self.agent(self.testbed.edge, "edge")
             edge_cfg = self.testbed.nodes[self.testbed.edge]
@@ -335,12 +348,20 @@ class Runner:
             self._probe_clocks("after")
 
     def _open_links(self, cond, edge_addr: str, port: int) -> None:
+        self._link_kind = cond.link.kind
+        if cond.link.kind == "radio":
+            from .radios import open_radio_links
+            open_radio_links(self, cond, edge_addr, port)
+            return
         from .conditions import open_links
         open_links(self, cond, edge_addr, port)
 
     def _close_links(self) -> None:
         from .conditions import close_links
         close_links(self)
+        if getattr(self, "_link_kind", None) == "radio":
+            from .radios import close_radio_links
+            close_radio_links(self)
 
     def _set_jamming(self, cond) -> dict:
         from .conditions import set_jamming
@@ -378,6 +399,8 @@ class Runner:
                 h.close(timeout=5)
             except Exception:
                 pass
+        if self.radio_bench is not None:
+            self.radio_bench.stop()
         for tr in self.transports.values():
             try:
                 tr.close()
