@@ -1,4 +1,9 @@
-"""Metrics over per-image records: accuracy, latency components, misses."""
+"""Metrics over per-image records: accuracy, latency components, misses, bytes.
+
+Groups are formed by any record field (``by``); the default is one row per
+codec variant x condition. Percentiles use numpy's linear interpolation over
+the images that got a reply; proportions carry a Wilson 95% interval.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,45 @@ import numpy as np
 import pandas as pd
 
 from .schema import LATENCY_COMPONENTS
+from .stats import wilson
+
+GROUP = ["codec_label", "condition"]
+
+#: summary column -> meaning (``docs/analysis.md`` lists these)
+SUMMARY_COLUMNS: dict[str, str] = {
+    "n": "images (records) in the group",
+    "top1": "top-1 accuracy, fraction 0..1 (an image not decoded counts as wrong)",
+    "top1_lo": "lower end of the Wilson 95% interval of top1",
+    "top1_hi": "upper end of the Wilson 95% interval of top1",
+    "top5": "top-5 accuracy, fraction 0..1",
+    "top5_lo": "lower end of the Wilson 95% interval of top5",
+    "top5_hi": "upper end of the Wilson 95% interval of top5",
+    "miss_rate": "fraction of images whose bytes did not all reach the edge by the deadline (no reply counts as a miss)",
+    "miss_lo": "lower end of the Wilson 95% interval of miss_rate",
+    "miss_hi": "upper end of the Wilson 95% interval of miss_rate",
+    "decoded_rate": "fraction of images the edge could decode (progressive codecs decode partial prefixes)",
+    "no_reply": "images that got no reply (error set); they are left out of the latency percentiles",
+    "bytes_mean": "mean encoded bytes per image (bytes_total)",
+    "bytes_delivered_mean": "mean payload bytes that reached the edge by the deadline",
+    "delivered_frac": "sum(bytes_delivered) / sum(bytes_total)",
+    "goodput_kbps": "payload goodput, kbit/s: sum(bytes_delivered) * 8 / sum(time on the link, t_tx_start -> t_edge_close)",
+    "e2e_p50_ms": "median end-to-end latency (arrival -> result), ms",
+    "e2e_p95_ms": "95th percentile end-to-end latency, ms",
+    "e2e_p10_ms": "10th percentile end-to-end latency, ms",
+    "e2e_p90_ms": "90th percentile end-to-end latency, ms",
+    "<component>_p50_ms": "median of a latency component (encode, transmit, decode, infer, return), ms",
+    "<component>_p95_ms": "95th percentile of a latency component, ms",
+    "deadline_ms": "the group's deadline (median if it mixes several), ms",
+    "jammer_load_mean": "mean measured jammer load, fraction of air time 0..1 (null: not measured)",
+    "jammer_mbps_mean": "mean measured jammer throughput, Mbit/s (null: not measured)",
+    "clock_uncertainty_ms": "largest clock-offset uncertainty of the group's records (client + edge), ms",
+}
+
+
+def _ms(d: pd.DataFrame, a: str, b: str) -> pd.Series:
+    """(b - a) in ms, computed on exact integers, null when either end is null."""
+    diff = d[b].astype("Int64") - d[a].astype("Int64")
+    return diff.astype("float64") / 1e6
 
 
 def with_latency(df: pd.DataFrame) -> pd.DataFrame:
@@ -18,52 +62,131 @@ def with_latency(df: pd.DataFrame) -> pd.DataFrame:
     propagation, up to END or the deadline), decode, infer, return.
     """
     d = df.copy()
-    ms = lambda a, b: (d[b].astype("float64") - d[a].astype("float64")) / 1e6  # noqa: E731
-    d["encode_ms"] = ms("t_arrival_ns", "t_encode_end_ns")
-    d["transmit_ms"] = ms("t_encode_end_ns", "t_edge_close_ns")
-    d["decode_ms"] = ms("t_edge_close_ns", "t_decode_end_ns")
-    d["infer_ms"] = ms("t_decode_end_ns", "t_infer_end_ns")
-    d["return_ms"] = ms("t_infer_end_ns", "t_result_ns")
-    d["e2e_ms"] = ms("t_arrival_ns", "t_result_ns")
-    d["encode_only_ms"] = ms("t_encode_start_ns", "t_encode_end_ns")
+    d["encode_ms"] = _ms(d, "t_arrival_ns", "t_encode_end_ns")
+    d["transmit_ms"] = _ms(d, "t_encode_end_ns", "t_edge_close_ns")
+    d["decode_ms"] = _ms(d, "t_edge_close_ns", "t_decode_end_ns")
+    d["infer_ms"] = _ms(d, "t_decode_end_ns", "t_infer_end_ns")
+    d["return_ms"] = _ms(d, "t_infer_end_ns", "t_result_ns")
+    d["e2e_ms"] = _ms(d, "t_arrival_ns", "t_result_ns")
+    d["queue_ms"] = _ms(d, "t_encode_end_ns", "t_tx_start_ns")
+    d["link_ms"] = _ms(d, "t_tx_start_ns", "t_edge_close_ns")
+    d["encode_only_ms"] = _ms(d, "t_encode_start_ns", "t_encode_end_ns")
     return d
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for a proportion k/n."""
-    if n == 0:
-        return (math.nan, math.nan)
-    p = k / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return (max(0.0, centre - half), min(1.0, centre + half))
+def _flag(s: pd.Series) -> np.ndarray:
+    """A boolean column with nulls read as False."""
+    return s.astype("boolean").fillna(False).to_numpy(dtype=bool)
 
 
-GROUP = ["codec_label", "condition"]
+def _num(s: pd.Series) -> np.ndarray:
+    return pd.to_numeric(s, errors="coerce").astype("float64").to_numpy(dtype="float64", na_value=np.nan)
 
 
-def summary(df: pd.DataFrame, by: list[str] | None = None) -> pd.DataFrame:
-    """Per group: n, top-1/top-5 (with Wilson 95% CI), bytes, p50/p95 e2e latency, miss rate."""
-    by = by or GROUP
-    d = with_latency(df)
+def _pct(v: np.ndarray, q: float) -> float:
+    v = v[~np.isnan(v)]
+    return float(np.percentile(v, q)) if len(v) else math.nan
+
+
+def _mean(v: np.ndarray) -> float:
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if len(v) else math.nan
+
+
+def group_row(g: pd.DataFrame) -> dict:
+    """The summary numbers of one group of records (``g`` has the with_latency columns)."""
+    n = len(g)
+    c1, c5 = _flag(g["correct1"]), _flag(g["correct5"])
+    met = _flag(g["deadline_met"])
+    k1, k5, miss = int(c1.sum()), int(c5.sum()), int(n - met.sum())
+    lo1, hi1 = wilson(k1, n)
+    lo5, hi5 = wilson(k5, n)
+    mlo, mhi = wilson(miss, n)
+    bt, bd = _num(g["bytes_total"]), _num(g["bytes_delivered"])
+    link_s = _num(g["link_ms"]) / 1e3
+    ok = ~np.isnan(bd) & ~np.isnan(link_s) & (link_s > 0)
+    e2e = _num(g["e2e_ms"])
+    row = {
+        "n": n,
+        "top1": k1 / n if n else math.nan, "top1_lo": lo1, "top1_hi": hi1,
+        "top5": k5 / n if n else math.nan, "top5_lo": lo5, "top5_hi": hi5,
+        "miss_rate": miss / n if n else math.nan, "miss_lo": mlo, "miss_hi": mhi,
+        "decoded_rate": float(_flag(g["decoded"]).mean()) if n else math.nan,
+        "no_reply": int(g["error"].notna().sum()),
+        "bytes_mean": _mean(bt), "bytes_delivered_mean": _mean(bd),
+        "delivered_frac": float(np.nansum(bd) / np.nansum(bt)) if np.nansum(bt) > 0 else math.nan,
+        "goodput_kbps": float(bd[ok].sum() * 8 / link_s[ok].sum() / 1e3) if ok.any() else math.nan,
+        "e2e_p10_ms": _pct(e2e, 10), "e2e_p50_ms": _pct(e2e, 50), "e2e_p90_ms": _pct(e2e, 90),
+        "e2e_p95_ms": _pct(e2e, 95),
+    }
+    for c in LATENCY_COMPONENTS:
+        v = _num(g[f"{c}_ms"])
+        row[f"{c}_p50_ms"] = _pct(v, 50)
+        row[f"{c}_p95_ms"] = _pct(v, 95)
+    dl = _num(g["deadline_ms"])
+    row["deadline_ms"] = float(np.nanmedian(dl)) if (~np.isnan(dl)).any() else math.nan
+    row["jammer_load_mean"] = _mean(_num(g["jammer_load"]))
+    row["jammer_mbps_mean"] = _mean(_num(g["jammer_mbps"]))
+    unc = _num(g["clock_uncertainty_ns"])
+    row["clock_uncertainty_ms"] = float(np.nanmax(unc)) / 1e6 if (~np.isnan(unc)).any() else math.nan
+    return row
+
+
+def summary(df: pd.DataFrame, by: list[str] | str | None = None) -> pd.DataFrame:
+    """One row per group (default codec variant x condition), groups in first-seen order.
+
+    Columns: the ``by`` fields, then :data:`SUMMARY_COLUMNS`. Any record field
+    can group (``jamming_level``, ``deadline_ms``, ``link_rate_kbps``,
+    ``client``, ``run_id``, ...); a null key forms its own group.
+    """
+    by = [by] if isinstance(by, str) else list(by or GROUP)
+    missing = [b for b in by if b not in df.columns]
+    if missing:
+        raise KeyError(f"unknown grouping field(s): {', '.join(missing)}")
+    if len(df) == 0:
+        return pd.DataFrame(columns=by + [c for c in SUMMARY_COLUMNS if not c.startswith("<")])
+    d = df if "e2e_ms" in df.columns else with_latency(df)
     rows = []
-    for key, g in d.groupby(by, sort=False):
+    for key, g in d.groupby(by, sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
-        n = len(g)
-        k1, k5 = int(g["correct1"].fillna(False).sum()), int(g["correct5"].fillna(False).sum())
-        lo1, hi1 = wilson(k1, n)
-        miss = int((~g["deadline_met"].fillna(False).astype(bool)).sum())
-        e2e = g["e2e_ms"].dropna()
-        rows.append({
-            **dict(zip(by, key)), "n": n,
-            "top1": k1 / n, "top1_lo": lo1, "top1_hi": hi1, "top5": k5 / n,
-            "bytes_mean": float(g["bytes_total"].mean()),
-            "bytes_delivered_mean": float(g["bytes_delivered"].mean()),
-            "e2e_p50_ms": float(np.percentile(e2e, 50)) if len(e2e) else math.nan,
-            "e2e_p95_ms": float(np.percentile(e2e, 95)) if len(e2e) else math.nan,
-            "miss_rate": miss / n,
-            "decoded_rate": float(g["decoded"].fillna(False).mean()),
-            **{f"{c}_p50_ms": float(g[f"{c}_ms"].median()) for c in LATENCY_COMPONENTS},
-        })
+        rows.append({**dict(zip(by, key)), **group_row(g)})
     return pd.DataFrame(rows)
+
+
+def latency_table(df: pd.DataFrame, by: list[str] | None = None,
+                  quantiles: tuple[float, ...] = (10, 50, 90, 95, 99)) -> pd.DataFrame:
+    """Long table: one row per group x component (the five plus e2e) with n and percentiles in ms."""
+    by = list(by or GROUP)
+    d = df if "e2e_ms" in df.columns else with_latency(df)
+    rows = []
+    for key, g in d.groupby(by, sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        for comp in (*LATENCY_COMPONENTS, "e2e"):
+            v = _num(g[f"{comp}_ms"])
+            v = v[~np.isnan(v)]
+            rows.append({**dict(zip(by, key)), "component": comp, "n": len(v),
+                         "mean_ms": float(v.mean()) if len(v) else math.nan,
+                         **{f"p{q:g}_ms": _pct(v, q) for q in quantiles}})
+    return pd.DataFrame(rows)
+
+
+def throughput_series(df: pd.DataFrame, bin_s: float = 0.5, t0_ns: int | None = None) -> pd.DataFrame:
+    """Payload delivered per time bin (kbit/s), each image's bytes spread evenly over its time on the link.
+
+    Returns columns t_s (bin start, seconds since ``t0_ns``; default the first
+    arrival) and kbps.
+    """
+    d = df.dropna(subset=["t_tx_start_ns", "t_edge_close_ns"])
+    if len(d) == 0:
+        return pd.DataFrame({"t_s": [], "kbps": []})
+    t0 = int(t0_ns if t0_ns is not None else pd.to_numeric(df["t_arrival_ns"]).min())
+    start = (_num(d["t_tx_start_ns"].astype("Int64") - t0)) / 1e9
+    end = (_num(d["t_edge_close_ns"].astype("Int64") - t0)) / 1e9
+    end = np.maximum(end, start + 1e-6)
+    b = np.nan_to_num(_num(d["bytes_delivered"]))
+    edges = np.arange(0.0, float(end.max()) + bin_s, bin_s)
+    lo, hi = edges[:-1], edges[1:]
+    overlap = np.clip(np.minimum(hi[None, :], end[:, None]) - np.maximum(lo[None, :], start[:, None]), 0, None)
+    frac = overlap / (end - start)[:, None]
+    bits = (frac * b[:, None]).sum(axis=0) * 8
+    return pd.DataFrame({"t_s": lo, "kbps": bits / bin_s / 1e3})

@@ -1,29 +1,49 @@
-"""Figures. One registry gives every codec the same colour and marker everywhere."""
+"""Figures of a report, each saved as PNG and SVG.
+
+Every function takes the records with latency columns (``with_latency``), the
+output directory and the :class:`~analysis.styles.StyleRegistry`, and returns
+a :class:`Figure`; a figure whose data is absent (one jamming level, one
+deadline, no timestamps) raises :class:`SkipPlot` with the reason, which the
+report shows as a note.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from .metrics import _flag, _num, summary, throughput_series  # noqa: E402
 from .schema import LATENCY_COMPONENTS  # noqa: E402
+from .styles import COMPONENT_COLOURS, StyleRegistry, codec_style  # noqa: E402,F401
 
-_PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-            "#bcbd22", "#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39"]
-_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
-COMPONENT_COLOURS = {"encode": "#4c72b0", "transmit": "#dd8452", "decode": "#55a868", "infer": "#c44e52",
-                     "return": "#8172b3"}
+JAMMING_ORDER = ("none", "light", "medium", "heavy")
+#: condition fields other than jamming / deadline that make a distinct link setup
+SETUP_FIELDS = ("link_kind", "link_rate_kbps", "trace_name", "link_delay_ms")
 
 
-def codec_style(label: str) -> dict:
-    """Stable colour and marker for a codec variant (hash of its label)."""
-    h = int(hashlib.sha1(label.encode()).hexdigest(), 16)
-    return {"color": _PALETTE[h % len(_PALETTE)], "marker": _MARKERS[(h // 7) % len(_MARKERS)]}
+class SkipPlot(Exception):
+    """The data for this figure is absent; the message says what is missing."""
+
+
+@dataclass
+class Figure:
+    name: str
+    title: str
+    caption: str
+    paths: list[Path] = field(default_factory=list)
+
+    @property
+    def png(self) -> Path:
+        return next(p for p in self.paths if p.suffix == ".png")
 
 
 def _save(fig, out: Path, name: str) -> list[Path]:
@@ -31,53 +51,475 @@ def _save(fig, out: Path, name: str) -> list[Path]:
     paths = []
     for ext in ("png", "svg"):
         p = out / f"{name}.{ext}"
-        fig.savefig(p, dpi=130, bbox_inches="tight")
+        fig.savefig(p, dpi=110, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else None)
         paths.append(p)
     plt.close(fig)
     return paths
 
 
-def latency_breakdown(summary: pd.DataFrame, df_lat: pd.DataFrame, out: Path) -> list[Path]:
-    """Stacked p50 of each component per codec x condition, whiskers = e2e p10..p90."""
-    groups = list(summary[["codec_label", "condition"]].itertuples(index=False, name=None))
-    fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(groups) + 2), 4.2))
-    x = range(len(groups))
-    bottom = [0.0] * len(groups)
-    for comp in LATENCY_COMPONENTS:
-        vals = [float(v) if v == v else 0.0 for v in summary[f"{comp}_p50_ms"]]
-        ax.bar(x, vals, bottom=bottom, color=COMPONENT_COLOURS[comp], label=comp, width=0.7)
-        bottom = [b + v for b, v in zip(bottom, vals)]
-    lo, hi = [], []
-    for (codec, cond), b in zip(groups, bottom):
-        e = df_lat[(df_lat.codec_label == codec) & (df_lat.condition == cond)]["e2e_ms"].dropna()
-        if len(e):
-            lo.append(max(0.0, b - e.quantile(0.1)))
-            hi.append(max(0.0, e.quantile(0.9) - b))
-        else:
-            lo.append(0.0)
-            hi.append(0.0)
-    ax.errorbar(list(x), bottom, yerr=[lo, hi], fmt="none", ecolor="black", capsize=3, lw=1, label="e2e p10-p90")
-    ax.set_xticks(list(x))
-    ax.set_xticklabels([f"{c}\n{k}" for c, k in groups], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("latency (ms), median per component")
-    ax.set_title("Latency breakdown")
-    ax.legend(fontsize=7, ncol=3)
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, out, "latency_breakdown")
+def _fmt(x) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:g}" if isinstance(x, (int, float)) else str(x)
 
 
-def accuracy_vs_bytes(summary: pd.DataFrame, out: Path) -> list[Path]:
-    """Top-1 against mean encoded bytes, one panel line per condition."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for codec, g in summary.groupby("codec_label", sort=False):
-        st = codec_style(codec)
-        ax.errorbar(g["bytes_mean"], g["top1"] * 100,
-                    yerr=[(g["top1"] - g["top1_lo"]) * 100, (g["top1_hi"] - g["top1"]) * 100],
-                    fmt=st["marker"], color=st["color"], label=codec, capsize=2, ms=5)
+def _setup_label(key: tuple) -> str:
+    d = dict(zip(SETUP_FIELDS, key))
+    ok = lambda k: d.get(k) is not None and not pd.isna(d.get(k))  # noqa: E731
+    parts = [str(d["link_kind"]) if ok("link_kind") else "?"]
+    if ok("link_rate_kbps"):
+        parts.append(f"{d['link_rate_kbps']:g} kbit/s")
+    if ok("trace_name"):
+        parts.append(str(d["trace_name"]))
+    if ok("link_delay_ms") and d["link_delay_ms"]:
+        parts.append(f"+{d['link_delay_ms']:g} ms delay")
+    return " ".join(parts)
+
+
+def _setups(df: pd.DataFrame, extra: tuple[str, ...] = ()) -> list[tuple[str, pd.DataFrame]]:
+    keys = [*SETUP_FIELDS, *extra]
+    out = []
+    for key, g in df.groupby(keys, sort=False, dropna=False):
+        label = _setup_label(key[: len(SETUP_FIELDS)])
+        for f, v in zip(extra, key[len(SETUP_FIELDS):]):
+            label += f", {f.replace('_ms', '').replace('_level', '')} {_fmt(v)}" + (" ms" if f.endswith("_ms") else "")
+        out.append((label, g))
+    return out
+
+
+def _grid(n: int, ncols: int = 3, w: float = 4.6, h: float = 3.6):
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(w * ncols, h * nrows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _yerr(s: pd.DataFrame, metric: str) -> np.ndarray:
+    """Interval ends as non-negative error-bar lengths in percent points."""
+    v = s[metric].to_numpy(dtype=float)
+    lo = np.clip(v - s[f"{metric}_lo"].to_numpy(dtype=float), 0, None)
+    hi = np.clip(s[f"{metric}_hi"].to_numpy(dtype=float) - v, 0, None)
+    return 100 * np.vstack([lo, hi])
+
+
+def _legend_right(fig, ax, **kw) -> None:
+    """One legend outside the panels, on the right, so it never hides data."""
+    h, lab = ax.get_legend_handles_labels()
+    if h:
+        fig.legend(h, lab, loc="upper left", bbox_to_anchor=(1.0, 0.95), fontsize=8, frameon=False, **kw)
+
+
+def _plain_log_x(ax) -> None:
     ax.set_xscale("log")
-    ax.set_xlabel("mean encoded bytes per image")
-    ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title("Accuracy vs bytes (all conditions)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return _save(fig, out, "accuracy_vs_bytes")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _codec_order(df: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(df["codec_label"].astype(str)))
+
+
+# ------------------------------------------------------------- breakdown ---
+
+def latency_breakdown(df: pd.DataFrame, out: Path, styles: StyleRegistry) -> Figure:
+    """Stacked medians of the five components per codec x condition; e2e p50 marker and p10-p90 whisker."""
+    d = df.dropna(subset=["e2e_ms"])
+    if len(d) == 0:
+        raise SkipPlot("no image got a reply, so there is no latency to break down")
+    summ = summary(d, ["condition", "codec_label"])
+    n = len(summ)
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.5 * n + 2.5), 4.8))
+    x = np.arange(n)
+    bottom = np.zeros(n)
+    for comp in LATENCY_COMPONENTS:
+        vals = np.nan_to_num(summ[f"{comp}_p50_ms"].to_numpy(dtype=float))
+        ax.bar(x, vals, bottom=bottom, color=COMPONENT_COLOURS[comp], label=f"{comp} (p50)", width=0.72,
+               edgecolor="white", linewidth=0.4)
+        bottom += vals
+    p50 = summ["e2e_p50_ms"].to_numpy(dtype=float)
+    lo = np.clip(p50 - summ["e2e_p10_ms"].to_numpy(dtype=float), 0, None)
+    hi = np.clip(summ["e2e_p90_ms"].to_numpy(dtype=float) - p50, 0, None)
+    ax.errorbar(x, p50, yerr=[lo, hi], fmt="D", color="black", ms=3.5, capsize=3, lw=1, label="e2e p50, p10-p90")
+    # condition separators, labels and deadlines
+    conds = summ["condition"].astype(str).to_numpy()
+    starts = [i for i in range(n) if i == 0 or conds[i] != conds[i - 1]]
+    ymax = float(np.nanmax(np.concatenate([bottom, p50 + hi]))) if n else 1.0
+    for k, s in enumerate(starts):
+        e = starts[k + 1] if k + 1 < len(starts) else n
+        if s > 0:
+            ax.axvline(s - 0.5, color="#999", lw=0.8)
+        ax.text((s + e - 1) / 2, 1.01, conds[s], ha="center", va="bottom", fontsize=8,
+                transform=ax.get_xaxis_transform())
+        dl = summ["deadline_ms"].iloc[s]
+        if dl == dl and dl <= ymax * 1.5:
+            ax.hlines(dl, s - 0.45, e - 0.55, colors="#c00", linestyles="dashed", lw=1,
+                      label="deadline" if k == 0 else None)
+    ax.set_ylim(0, max(ymax * 1.08, 1e-3))
+    ax.set_xticks(x)
+    ax.set_xticklabels(summ["codec_label"].astype(str), rotation=50, ha="right", fontsize=8)
+    for t, lb in zip(ax.get_xticklabels(), summ["codec_label"].astype(str)):
+        t.set_color(styles.style(lb)["color"])
+    ax.set_ylabel("latency (ms)")
+    ax.set_title("Latency breakdown per codec and condition", pad=18)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return Figure("latency_breakdown", "Latency breakdown",
+                  "Stacked bars: median of each latency component (encode, transmit = queue + transmit, decode, "
+                  "infer, return) per codec and condition; black diamond and whisker: end-to-end median and "
+                  "p10-p90 spread (medians of components need not add up to the e2e median); red dashes: deadline.",
+                  _save(fig, out, "latency_breakdown"))
+
+
+# -------------------------------------------------------------- accuracy ---
+
+def _jamming_order(levels: list[str], df: pd.DataFrame) -> list[str]:
+    known = [lv for lv in JAMMING_ORDER if lv in levels]
+    rest = [lv for lv in levels if lv not in JAMMING_ORDER]
+    if rest:
+        load = df.groupby("jamming_level", dropna=False)["jammer_mbps"].mean()
+        rest.sort(key=lambda lv: (float(load.get(lv, np.nan)) if load.get(lv, np.nan) == load.get(lv, np.nan)
+                                  else math.inf, lv))
+    return known + rest
+
+
+def _accuracy_panels(df: pd.DataFrame, xfield: str, setups, styles: StyleRegistry, xorder=None, xlabel="",
+                     xticklabels=None):
+    fig, axes = plt.subplots(len(setups), 2, figsize=(10, 3.6 * len(setups)), squeeze=False)
+    for row, (label, g) in enumerate(setups):
+        s = summary(g, ["codec_label", xfield])
+        for col, metric in enumerate(("top1", "top5")):
+            ax = axes[row][col]
+            for codec in _codec_order(g):
+                c = s[s["codec_label"].astype(str) == codec].copy()
+                if xorder is not None:
+                    c["_x"] = [xorder.index(str(v)) for v in c[xfield].astype(str)]
+                else:
+                    c["_x"] = c[xfield].astype(float)
+                c = c.sort_values("_x")
+                st = styles.style(codec)
+                ax.errorbar(c["_x"], 100 * c[metric], yerr=_yerr(c, metric),
+                            color=st["color"], marker=st["marker"], capsize=2, ms=5, lw=1.3, label=codec)
+            if xorder is not None:
+                ax.set_xticks(range(len(xorder)))
+                ax.set_xticklabels(xticklabels or xorder, fontsize=8)
+            ax.set_ylim(-3, 103)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{'top-1' if metric == 'top1' else 'top-5'} accuracy (%)")
+            ax.set_title(label, fontsize=9)
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _legend_right(fig, axes[0][1])
+    return fig
+
+
+def accuracy_vs_jamming(df: pd.DataFrame, out: Path, styles: StyleRegistry) -> Figure:
+    """Top-1 and top-5 (Wilson 95%) per codec across jamming levels, one row per link setup."""
+    levels = [str(v) for v in df["jamming_level"].dropna().unique()]
+    if len(levels) < 2:
+        raise SkipPlot(f"only one jamming level in the data ({levels[0] if levels else 'none recorded'})")
+    order = _jamming_order(levels, df)
+    mbps = df.groupby(df["jamming_level"].astype(str))["jammer_mbps"].mean()
+    ticks = [f"{lv}\n({mbps[lv]:.1f} Mbit/s)" if lv in mbps and mbps[lv] == mbps[lv] else lv for lv in order]
+    setups = [(lb, g) for lb, g in _setups(df, ("deadline_ms",)) if g["jamming_level"].nunique() >= 2]
+    if not setups:
+        raise SkipPlot("no link setup was measured at two or more jamming levels")
+    fig = _accuracy_panels(df, "jamming_level", setups, styles, xorder=order, xlabel="jamming level (measured load)",
+                           xticklabels=ticks)
+    fig.suptitle("Accuracy vs jamming level", y=1.02)
+    return Figure("accuracy_vs_jamming", "Accuracy vs jamming level",
+                  "Top-1 (left) and top-5 (right) accuracy with Wilson 95% intervals per codec at each jamming "
+                  "level; tick labels give the jammer's mean measured throughput.",
+                  _save(fig, out, "accuracy_vs_jamming"))
+
+
+def accuracy_vs_deadline(df: pd.DataFrame, out: Path, styles: StyleRegistry) -> Figure:
+    """Top-1 and top-5 per codec against the deadline, one row per link setup x jamming level."""
+    dls = sorted(float(v) for v in df["deadline_ms"].dropna().unique())
+    if len(dls) < 2:
+        raise SkipPlot(f"only one deadline in the data ({_fmt(dls[0]) + ' ms' if dls else 'none recorded'})")
+    setups = [(lb, g) for lb, g in _setups(df, ("jamming_level",)) if g["deadline_ms"].nunique() >= 2]
+    if not setups:
+        raise SkipPlot("no link setup was measured at two or more deadlines")
+    fig = _accuracy_panels(df, "deadline_ms", setups, styles, xlabel="deadline (ms)")
+    fig.suptitle("Accuracy vs deadline", y=1.02)
+    return Figure("accuracy_vs_deadline", "Accuracy vs deadline",
+                  "Top-1 (left) and top-5 (right) accuracy with Wilson 95% intervals per codec as the deadline "
+                  "grows.", _save(fig, out, "accuracy_vs_deadline"))
+
+
+def rate_accuracy(df: pd.DataFrame, out: Path, styles: StyleRegistry) -> Figure:
+    """Top-1 against mean encoded bytes per condition; variants of one family joined into a curve."""
+    if len(df) == 0:
+        raise SkipPlot("no records")
+    conds = list(dict.fromkeys(df["condition"].astype(str)))
+    fig, axes = _grid(len(conds))
+    for ax, cond in zip(axes, conds):
+        s = summary(df[df["condition"].astype(str) == cond], ["codec_label", "codec"])
+        for fam, f in s.groupby("codec", sort=False):
+            f = f.sort_values("bytes_mean")
+            if len(f) > 1:
+                ax.plot(f["bytes_mean"], 100 * f["top1"], color="#888", lw=0.9, zorder=1)
+        for _, r in s.iterrows():
+            st = styles.style(r["codec_label"])
+            ax.errorbar([r["bytes_mean"]], [100 * r["top1"]], yerr=_yerr(pd.DataFrame([r]), "top1"),
+                        color=st["color"], marker=st["marker"], capsize=2, ms=6, label=str(r["codec_label"]),
+                        zorder=2)
+        if (s["bytes_mean"] > 0).all() and s["bytes_mean"].max() > 4 * max(s["bytes_mean"].min(), 1):
+            _plain_log_x(ax)
+        ax.set_ylim(-3, 103)
+        ax.set_xlabel("mean encoded bytes per image")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title(cond, fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+    fig.suptitle("Rate-accuracy", y=1.0)
+    fig.tight_layout()
+    _legend_right(fig, axes[-1])
+    return Figure("rate_accuracy", "Rate-accuracy",
+                  "Top-1 accuracy (Wilson 95%) against mean encoded bytes per image, one panel per condition; "
+                  "grey lines join the variants of one codec family.", _save(fig, out, "rate_accuracy"))
+
+
+def latency_cdf(df: pd.DataFrame, out: Path, styles: StyleRegistry) -> Figure:
+    """Empirical CDF of end-to-end latency per codec, one panel per condition, deadline marked."""
+    if df["e2e_ms"].notna().sum() == 0:
+        raise SkipPlot("no image got a reply, so there is no end-to-end latency")
+    conds = list(dict.fromkeys(df["condition"].astype(str)))
+    fig, axes = _grid(len(conds))
+    for ax, cond in zip(axes, conds):
+        c = df[df["condition"].astype(str) == cond]
+        for codec in _codec_order(c):
+            g = c[c["codec_label"].astype(str) == codec]
+            v = np.sort(_num(g["e2e_ms"]))
+            v = v[~np.isnan(v)]
+            if not len(v):
+                continue
+            y = np.arange(1, len(v) + 1) / len(g)  # images without a reply keep the curve below 1
+            st = styles.style(codec)
+            ax.step(v, y, where="post", color=st["color"], lw=1.4, label=codec)
+            ax.plot(v[len(v) // 2], y[len(v) // 2], marker=st["marker"], color=st["color"], ms=5)
+        dl = float(np.nanmedian(_num(c["deadline_ms"]))) if c["deadline_ms"].notna().any() else math.nan
+        if dl == dl:
+            ax.axvline(dl, color="#c00", ls="--", lw=1, label="deadline")
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("end-to-end latency (ms)")
+        ax.set_ylabel("fraction of images")
+        ax.set_title(cond, fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.suptitle("End-to-end latency CDF", y=1.0)
+    fig.tight_layout()
+    _legend_right(fig, axes[-1])
+    return Figure("latency_cdf", "End-to-end latency CDF",
+                  "Fraction of images with a result within x ms of their arrival, per codec and condition; "
+                  "images without a reply keep a curve below 1; red dashes: deadline.",
+                  _save(fig, out, "latency_cdf"))
+
+
+def miss_heatmap(df: pd.DataFrame, out: Path, styles: StyleRegistry) -> Figure:
+    """Deadline-miss rate (%) per codec (rows) x condition (columns)."""
+    if len(df) == 0:
+        raise SkipPlot("no records")
+    s = summary(df)
+    codecs = _codec_order(df)
+    conds = list(dict.fromkeys(df["condition"].astype(str)))
+    m = np.full((len(codecs), len(conds)), np.nan)
+    n = np.zeros_like(m)
+    for _, r in s.iterrows():
+        i, j = codecs.index(str(r["codec_label"])), conds.index(str(r["condition"]))
+        m[i, j], n[i, j] = 100 * r["miss_rate"], r["n"]
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(conds) + 2.5), max(2.5, 0.42 * len(codecs) + 1.5)))
+    im = ax.imshow(np.ma.masked_invalid(m), cmap="Reds", vmin=0, vmax=100, aspect="auto")
+    for i in range(len(codecs)):
+        for j in range(len(conds)):
+            if m[i, j] == m[i, j]:
+                ax.text(j, i, f"{m[i, j]:.0f}%", ha="center", va="center", fontsize=8,
+                        color="white" if m[i, j] > 60 else "black")
+    ax.set_xticks(range(len(conds)))
+    ax.set_xticklabels(conds, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(codecs)))
+    ax.set_yticklabels(codecs, fontsize=8)
+    for t, lb in zip(ax.get_yticklabels(), codecs):
+        t.set_color(styles.style(lb)["color"])
+    fig.colorbar(im, ax=ax, label="deadline-miss rate (%)")
+    ax.set_title("Deadline misses")
+    fig.tight_layout()
+    return Figure("miss_heatmap", "Deadline-miss heatmap",
+                  "Share of images whose bytes did not all reach the edge by the deadline, per codec and "
+                  "condition (blank: not measured).", _save(fig, out, "miss_heatmap"))
+
+
+# -------------------------------------------------------------- timeline ---
+
+def read_trace_capacity(path: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """A link trace -> (t_s, kbit/s) change points. CSV ``t_ms,kbps`` or Mahimahi (one ms stamp per 1500-byte
+    opportunity, averaged over 100 ms bins). None when unreadable."""
+    p = Path(path)
+    try:
+        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not lines:
+        return None
+    try:
+        if lines[0].replace(" ", "") == "t_ms,kbps":
+            rows = [ln.split(",") for ln in lines[1:] if not ln.startswith("#")]
+            t = np.array([float(a) for a, _ in rows]) / 1e3
+            r = np.array([float(b) for _, b in rows])
+            return t, r
+        stamps = np.array([float(ln) for ln in lines if not ln.startswith("#")])
+    except ValueError:
+        return None
+    if not len(stamps):
+        return None
+    bins = np.arange(0, stamps.max() + 100, 100.0)
+    counts, _ = np.histogram(stamps, bins=bins)
+    return bins[:-1] / 1e3, counts * 1500 * 8 / 100.0  # bytes per 100 ms -> kbit/s
+
+
+def _trace_paths(manifest: dict) -> dict[str, str]:
+    from .load import scenario_of
+    out = {}
+    for c in scenario_of(manifest).get("conditions") or []:
+        link = c.get("link") or {}
+        if link.get("trace"):
+            out[str(c.get("name"))] = str(link["trace"])
+    return out
+
+
+def _timeline_axes(d: pd.DataFrame, styles: StyleRegistry, manifest: dict, title: str, zoom: bool):
+    t0 = int(pd.to_numeric(d["t_arrival_ns"]).min())
+    arr = _num(d["t_arrival_ns"].astype("Int64") - t0) / 1e9
+    period = float(np.nanmedian(_num(d["period_ms"]))) / 1e3 if d["period_ms"].notna().any() else 0.1
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 6.2), sharex=True, gridspec_kw={"height_ratios": [1, 1.25]})
+    # capacity per condition segment
+    traces = _trace_paths(manifest)
+    seg_key = d["trial_id"].astype(str).to_numpy() if zoom else d["condition"].astype(str).to_numpy()
+    starts = [i for i in range(len(d)) if i == 0 or seg_key[i] != seg_key[i - 1]]
+    cap_drawn = False
+    for k, s in enumerate(starts):
+        e = starts[k + 1] if k + 1 < len(starts) else len(d)
+        ts, te = arr[s], arr[e - 1] + period
+        rate = d["link_rate_kbps"].iloc[s]
+        cond = str(d["condition"].iloc[s])
+        lab = "link capacity" if not cap_drawn else None
+        if rate == rate and rate is not None and not pd.isna(rate):
+            ax1.plot([ts, te], [rate, rate], color="black", lw=1.6, label=lab)
+            cap_drawn = True
+        elif cond in traces:
+            cap = read_trace_capacity(traces[cond])
+            if cap is not None:
+                t_tx = _num(d["t_tx_start_ns"].iloc[s:e].astype("Int64") - t0) / 1e9
+                base = float(np.nanmin(t_tx)) if (~np.isnan(t_tx)).any() else ts
+                ct, cr = cap
+                span = max(float(ct[-1]) + 0.1, 1e-3)
+                reps = int(math.ceil((te - base) / span)) + 1
+                xs = np.concatenate([ct + base + i * span for i in range(reps)])
+                ys = np.tile(cr, reps)
+                keep = (xs >= ts) & (xs <= te)
+                ax1.step(xs[keep], ys[keep], where="post", color="black", lw=1.2, label=lab)
+                cap_drawn = True
+        if k % 2 == 1:
+            for ax in (ax1, ax2):
+                ax.axvspan(ts, te, color="#f3f3f3", zorder=0)
+        if len(starts) <= 24 and not zoom:
+            name = f"{d['codec_label'].iloc[s]}\n{cond}" if zoom else cond
+            ax1.text((ts + te) / 2, 1.0, name, transform=ax1.get_xaxis_transform(), ha="center", va="bottom",
+                     fontsize=7)
+    tp = throughput_series(d, bin_s=max(period, 0.05), t0_ns=t0)
+    ax1.step(tp["t_s"], tp["kbps"], where="post", color="#d62728", lw=1.2, label="payload throughput")
+    ax1.set_ylabel("kbit/s")
+    ax1.set_ylim(bottom=0)
+    ax1.grid(alpha=0.3)
+    jam = _num(d["jammer_load"])
+    if (~np.isnan(jam)).any():
+        axj = ax1.twinx()
+        axj.step(arr, jam, where="post", color="#7f7f7f", ls="--", lw=1, label="jammer load")
+        axj.set_ylim(0, 1.05)
+        axj.set_ylabel("jammer load (air time)")
+        h1, l1 = ax1.get_legend_handles_labels()
+        h2, l2 = axj.get_legend_handles_labels()
+        ax1.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left", bbox_to_anchor=(1.07, 1.0), frameon=False)
+    else:
+        ax1.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+                   title="jammer load:\nnot measured", title_fontsize=8)
+    # bytes needed vs delivered per image
+    width = period * 0.8
+    need, got = _num(d["bytes_total"]), _num(d["bytes_delivered"])
+    ax2.bar(arr, need, width=width, align="edge", color="#c8c8c8", label="bytes needed (encoded)")
+    cols = [styles.style(c)["color"] for c in d["codec_label"].astype(str)]
+    ax2.bar(arr, got, width=width * 0.6, align="edge", color=cols, label="bytes delivered by the deadline")
+    missed = ~_flag(d["deadline_met"])
+    top = float(np.nanmax(need)) if len(need) else 1.0
+    ax2.plot(arr[missed] + width / 2, np.full(int(missed.sum()), top * 1.06), "v", color="#c00", ms=4,
+             label="deadline missed", ls="none")
+    if zoom:
+        dl = _num(d["deadline_ms"]) / 1e3
+        for a, x in zip(arr, dl):
+            if x == x:
+                ax2.axvline(a + x, color="#c00", lw=0.5, alpha=0.5, ls=":")
+        ax2.plot([], [], color="#c00", lw=0.5, ls=":", label="deadline")
+        for a, n_, c_, g_ in zip(arr, _num(d["chunks_delivered"]), _num(d["chunks_total"]), got):
+            if c_ == c_ and c_ > 1:
+                ax2.text(a + width / 2, (g_ if g_ == g_ else 0), f"{n_:.0f}/{c_:.0f}", ha="center", va="bottom",
+                         fontsize=6)
+    ax2.set_ylim(0, top * 1.15 if top == top and top > 0 else 1)
+    ax2.set_ylabel("bytes per image")
+    ax2.set_xlabel("time since the first arrival (s)")
+    from matplotlib.patches import Patch
+    handles, labels = ax2.get_legend_handles_labels()
+    keep = [(h, lb) for h, lb in zip(handles, labels) if lb != "bytes delivered by the deadline"]
+    codecs = _codec_order(d)
+    handles = [h for h, _ in keep] + [Patch(color=styles.style(c)["color"]) for c in codecs]
+    labels = [lb for _, lb in keep] + [f"delivered: {c}" for c in codecs]
+    ax2.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax2.grid(alpha=0.3, axis="y")
+    ax1.set_title(title, pad=16 if len(starts) <= 24 and not zoom else 6)
+    fig.tight_layout()
+    return fig
+
+
+def _first_run(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
+    run = str(df["run_id"].dropna().iloc[0]) if df["run_id"].notna().any() else "?"
+    d = df[df["run_id"].astype(str) == run] if df["run_id"].notna().any() else df
+    d = d.dropna(subset=["t_arrival_ns"])
+    if "client" in d and d["client"].nunique() > 1:
+        d = d[d["client"].astype(str) == str(d["client"].dropna().iloc[0])]
+    return run, d.sort_values("t_arrival_ns", kind="stable")
+
+
+def timeline(df: pd.DataFrame, out: Path, styles: StyleRegistry, manifest: dict | None = None) -> Figure:
+    """The first run over time: capacity, throughput, jammer load; bytes needed/delivered per image; misses."""
+    if len(df) == 0 or df["t_arrival_ns"].notna().sum() == 0:
+        raise SkipPlot("no arrival timestamps")
+    run, d = _first_run(df)
+    fig = _timeline_axes(d, styles, manifest or {}, f"Timeline of run {run}", zoom=False)
+    return Figure("timeline", "Timeline of a run",
+                  f"Run {run} (client {d['client'].iloc[0]}): top, link capacity (black), payload throughput "
+                  "(red) and jammer load (grey dashes); bottom, per image at its arrival time, the encoded size "
+                  "(grey, bytes needed) and the bytes delivered by the deadline (codec colour); red triangles mark "
+                  "missed deadlines.", _save(fig, out, "timeline"))
+
+
+def timeline_trial(df: pd.DataFrame, out: Path, styles: StyleRegistry, manifest: dict | None = None) -> Figure:
+    """One trial up close (the one with the most misses), PNC style: every deadline marked."""
+    if len(df) == 0 or df["t_arrival_ns"].notna().sum() == 0:
+        raise SkipPlot("no arrival timestamps")
+    run, d = _first_run(df)
+    misses = d.assign(_miss=~_flag(d["deadline_met"])).groupby("trial_id", sort=False)["_miss"].sum()
+    trial = str(misses.idxmax())
+    t = d[d["trial_id"].astype(str) == trial]
+    r = t.iloc[0]
+    fig = _timeline_axes(t, styles, manifest or {},
+                         f"Trial {trial}: {r['codec_label']} on {r['condition']} ({int(misses.max())} misses)",
+                         zoom=True)
+    return Figure("timeline_trial", "Timeline of one trial",
+                  f"Trial {trial} of run {run} ({r['codec_label']}, {r['condition']}), the trial with the most "
+                  "missed deadlines: as the run timeline, with each image's deadline as a dotted red line and, "
+                  "for progressive codecs, the number of chunks delivered.", _save(fig, out, "timeline_trial"))
+
+
+ALL = (latency_breakdown, accuracy_vs_jamming, accuracy_vs_deadline, rate_accuracy, latency_cdf, miss_heatmap,
+       timeline, timeline_trial)

@@ -73,8 +73,41 @@ SCHEMA = pa.schema([pa.field(name, typ) for name, (typ, _) in FIELDS.items()])
 #: latency components (ms) that add up to end-to-end latency t_result - t_arrival
 LATENCY_COMPONENTS = ("encode", "transmit", "decode", "infer", "return")
 
+#: columns :func:`analysis.metrics.with_latency` derives from the timestamps (all in ms)
+DERIVED: dict[str, str] = {
+    "encode_ms": "t_encode_end - t_arrival: waiting for the client, then encoding",
+    "transmit_ms": "t_edge_close - t_encode_end: queue + transmit + propagation, up to END or the deadline",
+    "decode_ms": "t_decode_end - t_edge_close: edge decodes what arrived",
+    "infer_ms": "t_infer_end - t_decode_end: edge runs the model",
+    "return_ms": "t_result - t_infer_end: reply travels back to the client",
+    "e2e_ms": "t_result - t_arrival: end-to-end latency (= sum of the five components; null without a reply)",
+    "queue_ms": "t_tx_start - t_encode_end: waiting for the link (part of transmit_ms)",
+    "link_ms": "t_edge_close - t_tx_start: on the link (part of transmit_ms)",
+    "encode_only_ms": "t_encode_end - t_encode_start: the codec's own encoding time",
+}
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
 
 def schema_markdown() -> str:
-    rows = ["| field | type | meaning |", "|---|---|---|"]
-    rows += [f"| `{n}` | {t} | {d} |" for n, (t, d) in FIELDS.items()]
-    return "\n".join(rows)
+    """The record schema as Markdown (``docs/record-schema.md`` is this text)."""
+    head = (__doc__ or "").strip().split("\n", 2)[-1].strip()
+    rows = ["# The per-image record", "", "Generated from `analysis/schema.py` (`python -m analysis.schema > "
+            "docs/record-schema.md`); do not edit by hand.", "", head, "",
+            "Files: `trials.jsonl` holds one JSON object per line with these keys (a torn last line of a killed "
+            "run is skipped; when a record was written twice the last one wins); `results.parquet` holds the same "
+            "rows with the Arrow types below. Fields a record lacks are null.", "",
+            "## Fields", "", "| field | type | meaning |", "|---|---|---|"]
+    rows += [f"| `{n}` | {t} | {_cell(d)} |" for n, (t, d) in FIELDS.items()]
+    rows += ["", "## Derived latency columns (ms)", "",
+             "`analysis.metrics.with_latency(df)` adds these; the five components "
+             f"({', '.join(LATENCY_COMPONENTS)}) add up to `e2e_ms`.", "",
+             "| column | definition |", "|---|---|"]
+    rows += [f"| `{n}` | {_cell(d)} |" for n, d in DERIVED.items()]
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(schema_markdown(), end="")
