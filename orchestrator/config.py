@@ -72,6 +72,7 @@ class NodeCfg(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     interface: str | None = Field(None, description="network interface for tc shaping")
     radio: RadioCfg | None = None
+    jammer_target: str | None = Field(None, description="host running `iperf3 -s` across the Wi-Fi; default loopback")
     description: str = ""
 
 
@@ -168,6 +169,7 @@ class LinkCfg(Strict):
     packet_bytes: int = Field(1024, ge=16, le=65_000, description="link packet (MTU) size")
     opportunity_bytes: int = Field(1504, ge=1, description="bytes per Mahimahi delivery opportunity")
     loop: bool = True
+    tc_discipline: Literal["htb", "tbf"] = "htb"
 
     @model_validator(mode="after")
     def _shape(self) -> "LinkCfg":
@@ -178,10 +180,17 @@ class LinkCfg(Strict):
         return self
 
 
+class JammingStepCfg(Strict):
+    at_s: float = Field(..., ge=0, description="seconds from the condition's start")
+    level: str
+
+
 class ConditionCfg(Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.+-]+$")
     link: LinkCfg
     jamming: str = "none"
+    jamming_schedule: list[JammingStepCfg] | None = Field(None, min_length=1,
+                                                          description="levels over time; overrides jamming")
     deadline_ms: float | None = Field(None, gt=0)
 
 
@@ -357,6 +366,11 @@ def load_scenario(path: str | Path, text: str | None = None) -> ScenarioCfg:
             loc = ("conditions", i, "jamming")
             raise ConfigError(src.path, src.line_of(loc), dotted(loc), f"unknown jamming level {cond.jamming!r}",
                               ", ".join(sorted(levels)))
+        for j, step in enumerate(cond.jamming_schedule or []):
+            if step.level not in levels:
+                loc = ("conditions", i, "jamming_schedule", j, "level")
+                raise ConfigError(src.path, src.line_of(loc), dotted(loc), f"unknown jamming level {step.level!r}",
+                                  ", ".join(sorted(levels)))
     base = Path(src.path).parent
     for i, cond in enumerate(cfg.conditions):
         for attr in ("trace", "downlink_trace"):

@@ -162,7 +162,7 @@ class Runner:
 
     def _start_agents(self) -> None:
         roles_needed = {"client", "edge"}
-        if any(c.jamming != "none" for c in self.scenario.conditions) and self.testbed.jammers:
+        if any(c.jamming != "none" or c.jamming_schedule for c in self.scenario.conditions) and self.testbed.jammers:
             if importlib.util.find_spec(AGENT_MODULES["jammer"]) is None:
                 raise RunError("the scenario jams but this hilbed has no jammer agent (nodes.jammer)")
             roles_needed.add("jammer")
@@ -335,9 +335,9 @@ class Runner:
                 by_cond.setdefault(t.condition.name, []).append((t, rem))
             for cond_name, items in by_cond.items():
                 cond = items[0][0].condition
-                self._open_links(cond, edge_cfg.address, port)
-                jam = self._set_jamming(cond)
                 try:
+                    self._open_links(cond, edge_cfg.address, port)
+                    jam = self._set_jamming(cond)
                     for t, rem in items:
                         self._ctx[t.id].jammer = jam
                         prog.update(self._task, description=f"{cond_name} · {t.codec.display} · rep {t.repetition}")
@@ -394,6 +394,10 @@ class Runner:
 
     def _teardown(self) -> None:
         self._stop_jamming()
+        try:
+            self._close_links()  # removes kernel shaping (tc) on every path
+        except Exception:
+            pass
         for h in self.handles.values():
             try:
                 h.close(timeout=5)

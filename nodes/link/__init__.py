@@ -4,13 +4,17 @@ Kinds: ``direct`` (plain TCP), ``trace`` (user-space shaper from a constant
 rate, a CSV rate schedule or a Mahimahi trace), ``tc`` (kernel shaping applied
 by the controller on a real node; the client then sends as on ``direct``) and
 ``radio`` (802.15.4 through firmware_bridge).
+
+Besides the scenario's ``link:`` fields, a spec may carry ``log_path`` (write
+a Mahimahi link log) and ``medium_file`` (scale capacity by the jammer's
+published medium load), both added by the controller.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .schedule import CapacitySchedule, ConstantRate, PiecewiseRate
+from .schedule import ByteServer, CapacitySchedule, ConstantRate, OpportunitySchedule, PiecewiseRate
 from .tcp import DirectLink, Link, SendReport, ShapedLink
 from .traces import TraceError, load_schedule
 
@@ -25,22 +29,33 @@ def schedule_for(rate_kbps: float | None, trace: str | None, loop: bool, opportu
     return None
 
 
+def schedules_for_spec(spec: dict[str, Any]) -> tuple[CapacitySchedule, CapacitySchedule]:
+    """(uplink, downlink) schedules of a ``trace``/``tc`` link spec; the downlink defaults to the uplink."""
+    loop = spec.get("loop", True)
+    opp = spec.get("opportunity_bytes") or 1504
+    up = schedule_for(spec.get("rate_kbps"), spec.get("trace"), loop, opp)
+    if up is None:
+        raise ValueError(f"a '{spec.get('kind')}' link needs rate_kbps or trace")
+    down = schedule_for(spec.get("downlink_rate_kbps"), spec.get("downlink_trace"), loop, opp) or up
+    return up, down
+
+
 def open_link(spec: dict[str, Any], host: str, port: int, edge_minus_client_ns: int = 0, seed: int = 0) -> Link:
     kind = spec.get("kind", "direct")
     if kind in ("direct", "tc"):
         return DirectLink(host, port, edge_minus_client_ns)
     if kind == "trace":
-        up = schedule_for(spec.get("rate_kbps"), spec.get("trace"), spec.get("loop", True),
-                          spec.get("opportunity_bytes", 1504))
-        down = schedule_for(spec.get("downlink_rate_kbps"), spec.get("downlink_trace"), spec.get("loop", True),
-                            spec.get("opportunity_bytes", 1504)) or up
+        up, down = schedules_for_spec(spec)
         return ShapedLink(host, port, up, down, edge_minus_client_ns, delay_ms=spec.get("delay_ms", 0.0),
-                          loss=spec.get("loss", 0.0), packet_bytes=spec.get("packet_bytes", 1024), seed=seed)
+                          loss=spec.get("loss", 0.0), packet_bytes=spec.get("packet_bytes", 1024), seed=seed,
+                          log_path=spec.get("log_path"), medium_file=spec.get("medium_file"),
+                          queue_bytes=spec.get("queue_bytes"))
     if kind == "radio":
         from .radio import open_radio_link  # needs firmware_bridge and pyserial
         return open_radio_link(spec, host, port, edge_minus_client_ns, seed=seed)
     raise ValueError(f"unknown link kind {kind!r} (allowed: {', '.join(LINK_KINDS)})")
 
 
-__all__ = ["CapacitySchedule", "ConstantRate", "DirectLink", "Link", "PiecewiseRate", "SendReport",
-           "ShapedLink", "TraceError", "open_link", "LINK_KINDS"]
+__all__ = ["ByteServer", "CapacitySchedule", "ConstantRate", "DirectLink", "Link", "OpportunitySchedule",
+           "PiecewiseRate", "SendReport", "ShapedLink", "TraceError", "open_link", "schedules_for_spec",
+           "LINK_KINDS"]

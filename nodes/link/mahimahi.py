@@ -43,28 +43,47 @@ def _problem(raw: bytes) -> str:
     return f"invalid integer {text[:60]!r}"
 
 
-def parse_mahimahi(data: bytes, path: str | Path = "<trace>") -> list[int]:
-    """Milliseconds of each opportunity; :class:`TraceError` names ``path:line``."""
+def parse_value(raw: bytes) -> int:
+    """One line's value as Mahimahi reads it; ValueError(problem) if it would reject the line."""
+    if raw.isdigit():  # fast path: plain ASCII digits
+        v = int(raw)
+    else:
+        if raw == b"":
+            raise ValueError("invalid empty line (Mahimahi rejects blank lines)")
+        m = _STRTOL.fullmatch(raw)
+        if m is None:
+            raise ValueError(_problem(raw))
+        v = int(m.group(2)) * (-1 if m.group(1) == b"-" else 1)
+        if v < 0:
+            raise ValueError(f"negative timestamp {v} (milliseconds since trace start must be >= 0)")
+    if v > INT_MAX:
+        raise ValueError(f"value {v} exceeds INT_MAX (Mahimahi: invalid integer)")
+    return v
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """Lines as ``getline`` sees them: split on LF; a final LF ends the last line."""
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
-        lines.pop()  # the newline that ends the last line (getline sees no extra line)
+        lines.pop()
+    return lines
+
+
+def parse_mahimahi(data: bytes, path: str | Path = "<trace>") -> list[int]:
+    """Milliseconds of each opportunity; :class:`TraceError` names ``path:line``."""
     out: list[int] = []
     append = out.append
     prev = 0
-    for n, raw in enumerate(lines, start=1):
-        if raw.isdigit():  # fast path: plain ASCII digits
+    for n, raw in enumerate(split_lines(data), start=1):
+        if raw.isdigit():
             v = int(raw)
+            if v > INT_MAX:
+                raise TraceError(path, n, f"value {v} exceeds INT_MAX (Mahimahi: invalid integer)")
         else:
-            if raw == b"":
-                raise TraceError(path, n, "invalid empty line (Mahimahi rejects blank lines)")
-            m = _STRTOL.fullmatch(raw)
-            if m is None:
-                raise TraceError(path, n, _problem(raw))
-            v = int(m.group(2)) * (-1 if m.group(1) == b"-" else 1)
-            if v < 0:
-                raise TraceError(path, n, f"negative timestamp {v} (milliseconds since trace start must be >= 0)")
-        if v > INT_MAX:
-            raise TraceError(path, n, f"value {v} exceeds INT_MAX (Mahimahi: invalid integer)")
+            try:
+                v = parse_value(raw)
+            except ValueError as exc:
+                raise TraceError(path, n, str(exc)) from None
         if out and v < prev:
             raise TraceError(path, n, f"timestamps must be non-decreasing ({v} after {prev})")
         append(v)

@@ -65,9 +65,9 @@ class ByteServer:
         self.pos = 0.0  # bytes of the capacity curve already used or lost
 
     def plan(self, nbytes: int, t_arrival: float) -> tuple[float, float, float]:
-        """(start position, first-byte time, last-byte time) without committing."""
+        """(start position, service-start time, last-byte time) without committing."""
         start = max(self.pos, self.schedule.bytes_until(t_arrival))
-        first = self.schedule.time_of_bytes(start + min(1, nbytes))
+        first = max(t_arrival, self.schedule.time_of_bytes(start + 1e-6))
         done = self.schedule.time_of_bytes(start + nbytes)
         return start, first, done
 

@@ -11,6 +11,8 @@ schedule. Both report per-chunk delivery times on the client's wall clock.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import socket
 import threading
@@ -19,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from .. import wire
-from .schedule import CapacitySchedule
+from .schedule import ByteServer, CapacitySchedule
 
 #: on-the-wire size of a compact reply (top-5 class ids and probabilities)
 RESULT_WIRE_BYTES = 5 * 3 + 1
@@ -27,6 +29,38 @@ RESULT_WIRE_BYTES = 5 * 3 + 1
 
 def wall_ns() -> int:
     return time.time_ns()
+
+
+class _RealtimeSection:
+    """Run a sleep-then-send under SCHED_FIFO when the process may (root / CAP_SYS_NICE).
+
+    On a busy machine the OS scheduler, not the sleep, decides when a woken
+    sender runs; real-time priority only while waiting for a release keeps
+    releases sub-millisecond without running the encoder at that priority.
+    """
+
+    def __init__(self) -> None:
+        self.ok = hasattr(os, "SCHED_FIFO")
+
+    @contextlib.contextmanager
+    def __call__(self):
+        if not self.ok:
+            yield
+            return
+        try:
+            policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+        except OSError:
+            self.ok = False
+            yield
+            return
+        try:
+            yield
+        finally:
+            try:
+                os.sched_setscheduler(0, policy, param)
+            except OSError:
+                pass
 
 
 @dataclass
@@ -155,22 +189,57 @@ class DirectLink(Link):
 
 
 class ShapedLink(Link):
-    """User-space shaped link driven by capacity schedules (constant, CSV, trace)."""
+    """User-space shaped link driven by capacity schedules (constant, CSV, Mahimahi trace).
+
+    The sender is closed-loop (one message at a time), so the uplink is a
+    :class:`~nodes.link.schedule.ByteServer` on the schedule: exact byte
+    accounting, opportunity leftovers carried to the next packet, idle
+    capacity lost. ``medium_file`` (embedded testbed) scales capacity by
+    ``1 - load`` of the jammer's published medium; ``log_path`` writes a
+    Mahimahi link log of the uplink (``log_path + ".down"`` for the downlink).
+    """
 
     kind = "trace"
 
     def __init__(self, host: str, port: int, uplink: CapacitySchedule, downlink: CapacitySchedule | None,
                  edge_minus_client_ns: int = 0, delay_ms: float = 0.0, loss: float = 0.0,
-                 packet_bytes: int = 1024, seed: int = 0, **_: object):
+                 packet_bytes: int = 1024, seed: int = 0, log_path: str | None = None,
+                 medium_file: str | None = None, queue_bytes: int | None = None, **_: object):
+        self.epoch_mono = time.monotonic()
+        if medium_file:
+            from .medium import MediumScaledSchedule, MediumWatcher
+            self.medium = MediumWatcher(medium_file)
+            uplink = MediumScaledSchedule(uplink, self.medium.factor, self._now)
+            if downlink is not None:
+                downlink = MediumScaledSchedule(downlink, self.medium.factor, self._now)
+        else:
+            self.medium = None
         self.uplink, self.downlink = uplink, downlink
+        self.up = ByteServer(uplink)
+        self.down = ByteServer(downlink) if downlink is not None else None
         self.delay_s = delay_ms / 1000.0
         self.loss = loss
         self.packet_bytes = packet_bytes
+        self.queue_bytes = queue_bytes
         self.rng = random.Random(seed)
-        self.up_free_at = 0.0  # link time when the uplink finished its last packet
-        self.down_free_at = 0.0
-        self.counters = {"packets": 0, "lost": 0, "discarded_at_deadline": 0, "wire_bytes": 0}
+        self._rt = _RealtimeSection()
+        self.counters = {"packets": 0, "lost": 0, "discarded_at_deadline": 0, "wire_bytes": 0,
+                         "late_release_ms_max": 0.0}
+        self.log = self.down_log = None
+        if log_path:
+            from .linklog import LinkLogWriter
+            self.log = LinkLogWriter(log_path, "uplink", uplink, trace_name=uplink.describe())
+            if downlink is not None:
+                self.down_log = LinkLogWriter(str(log_path) + ".down", "downlink", downlink,
+                                              trace_name=downlink.describe())
+        epoch = self.epoch_mono
         super().__init__(host, port, edge_minus_client_ns)
+        self.epoch_mono = epoch  # keep the schedules' epoch (Link.__init__ resets it)
+
+    @property
+    def up_free_at(self) -> float:
+        """Link time at which the uplink capacity used so far ends (compatibility)."""
+        return self.uplink.time_of_bytes(self.up.pos) if self.up.pos > 0 else 0.0
 
     def _now(self) -> float:
         return time.monotonic() - self.epoch_mono
@@ -182,8 +251,11 @@ class ShapedLink(Link):
         while True:
             dt = t_link - self._now()
             if dt <= 0:
+                late = -dt * 1000.0
+                if late > self.counters["late_release_ms_max"]:
+                    self.counters["late_release_ms_max"] = late
                 return
-            time.sleep(dt if dt > 0.002 else dt / 2 if dt > 0.0002 else 0)
+            time.sleep(dt - 0.0002 if dt > 0.0005 else 0)
 
     def send_message(self, msg_id: int, meta: dict, chunks: list[bytes], deadline_ns: int) -> SendReport:
         rep = SendReport(msg_id, wall_ns())
@@ -197,25 +269,28 @@ class ShapedLink(Link):
             for off in range(0, max(len(chunk), 1), self.packet_bytes):
                 piece = chunk[off:off + self.packet_bytes]
                 frame = wire.data_frame(msg_id, ci, off, piece)
-                start = max(t_queue, self.up_free_at)
-                served = self.uplink.serve(len(frame), start)
+                start, _first, served = self.up.plan(len(frame), t_queue)
                 if served > deadline_link:
                     rep.aborted = True
                     self.counters["discarded_at_deadline"] += 1
                     break
-                self.up_free_at = served
+                self.up.commit(start, len(frame))
                 release = served + self.delay_s
                 rep.packets_sent += 1
                 rep.wire_bytes_sent += len(frame)
                 self.counters["packets"] += 1
                 self.counters["wire_bytes"] += len(frame)
+                if self.log is not None:
+                    self.log.arrival(t_queue, len(frame))
+                    self.log.departure(served, len(frame), t_queue)
                 if self.loss and self.rng.random() < self.loss:
                     rep.packets_lost += 1
                     self.counters["lost"] += 1
                     chunk_ok = False
                     continue
-                self._sleep_until(release)
-                self._write(frame)
+                with self._rt():
+                    self._sleep_until(release)
+                    self._write(frame)
                 last_release = release
             if rep.aborted:
                 break
@@ -226,7 +301,7 @@ class ShapedLink(Link):
         # the sender is done at the deadline (aborted: the partly sent packet
         # held the link until then) or when the last byte left
         if rep.aborted:
-            self.up_free_at = max(self.up_free_at, deadline_link)
+            self.up.idle_until(deadline_link)
             self._sleep_until(deadline_link)
             rep.t_tx_end_ns = wall_ns()
         elif last_release is not None:
@@ -237,14 +312,28 @@ class ShapedLink(Link):
         return rep
 
     def _deliver_result(self, res: dict, t_arr_mono: float) -> None:
-        if self.downlink is None:
+        if self.down is None:
             return super()._deliver_result(res, t_arr_mono)
         t_arr = t_arr_mono - self.epoch_mono
-        served = self.downlink.serve(RESULT_WIRE_BYTES + wire.DATA_OVERHEAD, max(t_arr, self.down_free_at))
-        self.down_free_at = served
-        self._sleep_until(served + self.delay_s)
+        n = RESULT_WIRE_BYTES + wire.DATA_OVERHEAD
+        start, _first, served = self.down.plan(n, t_arr)
+        self.down.commit(start, n)
+        if self.down_log is not None:
+            self.down_log.arrival(t_arr, n)
+            self.down_log.departure(served, n, t_arr)
+        with self._rt():
+            self._sleep_until(served + self.delay_s)
         super()._deliver_result(res, t_arr_mono)
 
     def stats(self) -> dict:
-        return {"kind": self.kind, **self.counters, "uplink": self.uplink.describe(),
-                "downlink": self.downlink.describe() if self.downlink else None}
+        out = {"kind": self.kind, **self.counters, "uplink": self.uplink.describe(),
+               "downlink": self.downlink.describe() if self.downlink else None}
+        if self.medium is not None:
+            out["medium_load_last"] = self.medium.load()
+        return out
+
+    def close(self) -> None:
+        for lg in (self.log, self.down_log):
+            if lg is not None:
+                lg.close(self._now())
+        super().close()

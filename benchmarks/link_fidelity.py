@@ -1,0 +1,187 @@
+"""Trace-shaper fidelity: does saturating traffic get exactly the trace's capacity, on time?
+
+For each trace -- the Mahimahi traces in ../shared/data/traces/mahimahi (when
+present) and generated LoRa SF7 and LTE-M traces -- a generator keeps the
+:class:`~nodes.link.shaper.TraceShaper` queue non-empty for ``--duration-s``
+of the trace, and the benchmark measures:
+
+- delivered bytes per 1 s window (by actual release time, minus the fixed
+  delay) against the trace's capacity in that window: median and max
+  relative error (windows with capacity), and absolute error in bytes;
+- packet release-time error (actual release - scheduled release) p50/p99/max.
+
+``--mode udp`` sends real datagrams through :class:`UdpShaperProxy` and
+counts them at a UDP receiver. Prints one JSON document.
+Goal: median window error <= 1 %, p99 release error <= 1 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from nodes.link.gen import gen_lora, gen_ltem  # noqa: E402
+from nodes.link.mahimahi import load_mahimahi_schedule, write_mahimahi  # noqa: E402
+from nodes.link.schedule import OpportunitySchedule  # noqa: E402
+from nodes.link.shaper import TraceShaper, UdpShaperProxy  # noqa: E402
+
+SHARED_TRACES = REPO.parent / "shared" / "data" / "traces" / "mahimahi"
+
+
+def pct(xs: list[float], p: float) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(round(p / 100.0 * (len(s) - 1))))]
+
+
+def traces(tmp: Path, only: list[str] | None) -> list[tuple[str, OpportunitySchedule, int]]:
+    """(name, schedule, packet bytes) for every trace to measure."""
+    out = []
+    if SHARED_TRACES.is_dir():
+        for p in sorted(SHARED_TRACES.iterdir()):
+            if p.is_file():
+                out.append((p.name, load_mahimahi_schedule(p), 1504))
+    lora = gen_lora(duration_s=120, sf=7, bw_khz=125, cr=1, payload_bytes=51, duty_cycle=1.0)
+    write_mahimahi(tmp / "lora-sf7.up", lora.times_ms)
+    out.append(("gen:lora-sf7-bw125-51B", load_mahimahi_schedule(tmp / "lora-sf7.up", opportunity_bytes=51), 51))
+    ltem = gen_ltem(duration_s=120, seed=0)
+    write_mahimahi(tmp / "ltem.up", ltem.times_ms)
+    out.append(("gen:ltem-catm1-hd-seed0", load_mahimahi_schedule(tmp / "ltem.up", opportunity_bytes=125), 125))
+    if only:
+        out = [t for t in out if any(o in t[0] for o in only)]
+    return out
+
+
+def run_inproc(sched, pkt: int, duration_s: float, delay_ms: float, backlog_s: float = 0.5):
+    got: list[tuple[float, int]] = []
+    sh = TraceShaper(sched, deliver_up=lambda p: got.append((time.monotonic(), p)), delay_ms=delay_ms)
+    _saturate(sh, sched, pkt, duration_s, backlog_s, lambda: sh.send_up(pkt, nbytes=pkt))
+    sh.close()
+    return sh, [(t - sh.epoch, n) for t, n in got]
+
+
+def run_udp(sched, pkt: int, duration_s: float, delay_ms: float, backlog_s: float = 0.5):
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+    proxy = UdpShaperProxy({"delay_ms": delay_ms}, sched, None, ("127.0.0.1", 0), rx.getsockname())
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+    tx.connect(proxy.address)
+    got: list[tuple[float, int]] = []
+    stop = threading.Event()
+
+    def receive() -> None:
+        rx.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                data = rx.recv(65535)
+            except socket.timeout:
+                continue
+            got.append((time.monotonic(), len(data)))
+
+    threads = [threading.Thread(target=proxy.serve, daemon=True), threading.Thread(target=receive, daemon=True)]
+    for t in threads:
+        t.start()
+    payload = b"\0" * pkt
+    _saturate(proxy.shaper, sched, pkt, duration_s, backlog_s, lambda: tx.send(payload))
+    time.sleep(0.3 + delay_ms / 1000)
+    proxy.stop()
+    stop.set()
+    for t in threads:
+        t.join(2)
+    proxy.close()
+    rx.close()
+    tx.close()
+    return proxy.shaper, [(t - proxy.shaper.epoch, n) for t, n in got]
+
+
+def _saturate(sh: TraceShaper, sched, pkt: int, duration_s: float, backlog_s: float, send) -> None:
+    """Keep at least ``backlog_s`` of the trace's capacity queued (never lets the queue run dry)."""
+    sent = 0
+    t_end = duration_s + 0.05
+    while True:
+        now = sh.now()
+        if now >= t_end:
+            return
+        want = sched.bytes_until(now + backlog_s) + pkt  # capacity up to a little ahead
+        while sent < want:
+            send()
+            sent += pkt
+        time.sleep(0.005)
+
+
+def measure(name: str, sched, pkt: int, duration_s: float, delay_ms: float, mode: str) -> dict:
+    run = run_udp if mode == "udp" else run_inproc
+    t0 = time.monotonic()
+    sh, got = run(sched, pkt, duration_s, delay_ms)
+    wall = time.monotonic() - t0
+    nwin = int(duration_s)
+    delivered = [0] * nwin
+    d = delay_ms / 1000.0
+    for t, n in got:
+        k = int((t - d) // 1.0)
+        if 0 <= k < nwin:
+            delivered[k] += n
+    rel, absb, zero = [], [], 0
+    for k in range(nwin):
+        cap = sched.bytes_until(k + 1.0) - sched.bytes_until(float(k))
+        absb.append(abs(delivered[k] - cap))
+        if cap > 0:
+            rel.append(abs(delivered[k] - cap) / cap * 100.0)
+        else:
+            zero += 1
+    st = sh.stats()
+    errs_ms = [e * 1000.0 for e in sh.release_errors_s]
+    cap_total = sched.bytes_until(float(nwin))
+    return {
+        "trace": name, "mode": mode, "packet_bytes": pkt, "opportunity_bytes": getattr(sched, "opp", None),
+        "duration_s": nwin, "wall_s": round(wall, 2),
+        "capacity_kbps": round(cap_total * 8 / nwin / 1000, 3),
+        "delivered_kbps": round(sum(delivered) * 8 / nwin / 1000, 3),
+        "windows": nwin, "windows_zero_capacity": zero,
+        "window_err_pct_median": _r(pct(rel, 50)), "window_err_pct_max": _r(max(rel) if rel else None),
+        "window_abs_err_bytes_median": _r(pct(absb, 50)), "window_abs_err_bytes_max": _r(max(absb) if absb else None),
+        "release_err_ms_p50": _r(pct(errs_ms, 50), 4), "release_err_ms_p99": _r(pct(errs_ms, 99), 4),
+        "release_err_ms_max": _r(max(errs_ms) if errs_ms else None, 4),
+        "packets_released": len(errs_ms), "packets_received": len(got),
+        "dropped": st["up"]["dropped_packets"],
+    }
+
+
+def _r(x, nd: int = 3):
+    return None if x is None else round(x, nd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration-s", type=float, default=20.0, help="seconds of each trace (default 20)")
+    ap.add_argument("--delay-ms", type=float, default=10.0)
+    ap.add_argument("--mode", choices=("inproc", "udp"), default="inproc")
+    ap.add_argument("--only", nargs="*", help="substrings of trace names to run")
+    a = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory() as td:
+        results = [measure(n, s, pkt, a.duration_s, a.delay_ms, a.mode) for n, s, pkt in traces(Path(td), a.only)]
+    ok = all((r["window_err_pct_median"] or 0) <= 1.0 and (r["release_err_ms_p99"] or 0) <= 1.0 for r in results)
+    doc = {"benchmark": "link_fidelity", "goal": {"window_err_pct_median_max": 1.0, "release_err_ms_p99_max": 1.0},
+           "meets_goal": ok, "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                      "platform": platform.platform(), "loadavg": os.getloadavg()},
+           "shared_traces": SHARED_TRACES.is_dir(), "results": results}
+    print(json.dumps(doc, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
