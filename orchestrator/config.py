@@ -35,19 +35,30 @@ class LocalTransportCfg(Strict):
     python: str | None = Field(None, description="interpreter for agents; default: the controller's own")
 
 
+_JUMP = re.compile(r"^(?:[^@\s:]+@)?(?:\[[0-9A-Fa-f:.]+\]|[^@\s:\[\]]+)(?::\d{1,5})?$")
+
+
 class SSHTransportCfg(Strict):
     kind: Literal["ssh"]
     host: str
-    user: str | None = None
+    user: str | None = Field(None, description="login user; default: the controller's user")
     port: int = Field(22, ge=1, le=65535)
-    key_file: str | None = None
-    proxy_jump: str | None = Field(None, description="gateway as [user@]host[:port]")
-    known_hosts: str | None = None
-    accept_new_host_keys: bool = False
-    keepalive_s: float = Field(15.0, gt=0)
-    python: str = "python3"
-    workdir: str = "~/.hilbed"
+    key_file: str | None = Field(None, description="private key; default: ssh-agent and ~/.ssh/id_*")
+    proxy_jump: str | None = Field(None, description="gateway as [user@]host[:port] (user defaults to `user`)")
+    known_hosts: str | None = Field(None, description="host keys to check against; default ~/.ssh/known_hosts")
+    accept_new_host_keys: bool = Field(False, description="record an unknown host key on first use (never a changed one)")
+    keepalive_s: float = Field(15.0, gt=0, description="keepalive interval; 3 unanswered drop the connection")
+    python: str = Field("python3", description="the node's interpreter; provisioning makes <workdir>/venv from it")
+    workdir: str = Field("~/.hilbed", description="where provisioning puts the venv, wheels, assets and marker")
     sudo: bool = False
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment for this node's agents")
+
+    @field_validator("proxy_jump")
+    @classmethod
+    def _jump(cls, v: str | None) -> str | None:
+        if v is not None and not _JUMP.match(v.strip()):
+            raise ValueError(f"bad proxy_jump {v!r} (allowed: [user@]host[:port])")
+        return v
 
 
 TransportCfg = Annotated[Union[LocalTransportCfg, SSHTransportCfg], Field(discriminator="kind")]

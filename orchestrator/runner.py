@@ -199,7 +199,8 @@ class Runner:
         self.store.write_manifest(self.manifest)
 
     def _offset(self, node: str) -> dict:
-        return self.offsets[node]["before"] if "before" in self.offsets.get(node, {}) else {"offset_ns": 0, "uncertainty_ns": 0}
+        o = self.offsets.get(node, {})  # "current": re-measured after a reconnect
+        return o.get("current") or o.get("before") or {"offset_ns": 0, "uncertainty_ns": 0}
 
     # ----------------------------------------------------------- records ---
     def _store_record(self, node: str, raw: dict) -> None:
@@ -266,8 +267,9 @@ class Runner:
                 "period_ms": self.scenario.stream.period_ms}
 
     def execute(self) -> RunOutcome:
+        from .reconnect import RunStopped, resume_done_keys
         t0 = time.monotonic()
-        done = self.store.done_keys() if self.resuming else set()
+        done = resume_done_keys(self.store) if self.resuming else set()
         if self.resuming:
             dropped = self.store.repair_tail()
             self.store.append_event("resumed", done_images=len(done), torn_bytes_dropped=dropped)
@@ -284,6 +286,9 @@ class Runner:
             state = "interrupted"
             self.console.print("[yellow]interrupted: tearing down; `hilbed resume "
                                f"{self.store.root}` finishes the run[/]")
+            raise
+        except RunStopped:
+            state = "stopped"
             raise
         except AgentFailed as exc:
             state = "failed"
@@ -310,24 +315,23 @@ class Runner:
             if not todo:
                 prog.update(self._task, completed=1, description="nothing left to do")
                 return
+            from .check import preflight
+            from .reconnect import Recovery
+            prog.update(self._task, description="checking nodes")
+            preflight(self)  # refuses to start (RunError) while a node fails its checks: nothing runs yet
             if any(c.link.kind == "radio" for c in self.scenario.conditions):
                 from .radios import RadioBench
                 prog.update(self._task, description="starting radios")
                 self.radio_bench = RadioBench(self.testbed, self.medium_file, self.scenario.workload.seed)
                 self.manifest["radio_ports"] = self.radio_bench.start()
             self._start_agents()
-            edge = self.agent(self.testbed.edge, "edge")
             edge_cfg = self.testbed.nodes[self.testbed.edge]
             prog.update(self._task, description="loading model on the edge")
-            loaded = edge.call("load", timeout=900, model=self.scenario.workload.model, device=edge_cfg.device,
-                               size=self.scenario.workload.image_size)
-            self.manifest["model"] = loaded
-            local = all(c.transport.kind == "local" for c in self.testbed.nodes.values())
-            port = edge.call("listen", host="127.0.0.1" if local else "0.0.0.0", port=edge_cfg.edge_port)["port"]
+            port = self._prepare_edge()
             for c in self.testbed.clients:
-                self.agent(c, "client").call("configure", node=c, dataset=self.scenario.workload.dataset,
-                                             size=self.scenario.workload.image_size, seed=self.scenario.workload.seed)
+                self._prepare_client(c)
             self._probe_clocks("before")
+            self.recovery = Recovery(self, port)
             for t, _ in todo:
                 self._ctx[t.id] = _Ctx(t, self._condition_fields(t))
             by_cond: dict[str, list] = {}
@@ -336,16 +340,29 @@ class Runner:
             for cond_name, items in by_cond.items():
                 cond = items[0][0].condition
                 try:
-                    self._open_links(cond, edge_cfg.address, port)
+                    self._open_links(cond, edge_cfg.address, self.recovery.port)
                     jam = self._set_jamming(cond)
                     for t, rem in items:
                         self._ctx[t.id].jammer = jam
                         prog.update(self._task, description=f"{cond_name} · {t.codec.display} · rep {t.repetition}")
-                        self._run_trial(t, rem)
+                        self.recovery.run_trial(t, rem, cond)  # reconnects and re-runs on a node drop
                 finally:
                     self._stop_jamming()
                     self._close_links()
             self._probe_clocks("after")
+
+    def _prepare_edge(self, port: int | None = None) -> int:
+        """Load the model and listen (also after the edge reconnects); returns the port."""
+        edge = self.agent(self.testbed.edge, "edge")
+        edge_cfg = self.testbed.nodes[self.testbed.edge]
+        self.manifest["model"] = edge.call("load", timeout=900, model=self.scenario.workload.model,
+                                           device=edge_cfg.device, size=self.scenario.workload.image_size)
+        local = all(c.transport.kind == "local" for c in self.testbed.nodes.values())
+        return edge.call("listen", host="127.0.0.1" if local else "0.0.0.0", port=port or edge_cfg.edge_port)["port"]
+
+    def _prepare_client(self, c: str) -> None:
+        self.agent(c, "client").call("configure", node=c, dataset=self.scenario.workload.dataset,
+                                     size=self.scenario.workload.image_size, seed=self.scenario.workload.seed)
 
     def _open_links(self, cond, edge_addr: str, port: int) -> None:
         self._link_kind = cond.link.kind

@@ -112,7 +112,7 @@ def test_testbed_errors(tmp_path):
         """)
     assert err(load_testbed, p).endswith(
         "tb2.yaml:7: nodes.b.transport.prot: unknown field (allowed: kind, host, user, port, key_file, proxy_jump, "
-        "known_hosts, accept_new_host_keys, keepalive_s, python, workdir, sudo)")
+        "known_hosts, accept_new_host_keys, keepalive_s, python, workdir, sudo, env)")
     p = write(tmp_path, "tb3.yaml", "name: x\nnodes:\n  a:\n    roles: [client]\n")
     assert "exactly one node must have role 'edge'" in err(load_testbed, p)
 
