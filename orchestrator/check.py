@@ -10,6 +10,8 @@ and the fix; the run refuses to start while any node fails.
 
 from __future__ import annotations
 
+from .ui import make_console
+
 import errno
 import re
 import shutil
@@ -307,9 +309,8 @@ _MARK = {"ok": ("green", "✓"), "warn": ("yellow", "!"), "fail": ("red", "✗")
 
 
 def render_checks(checks: list[NodeCheck], console=None, title: str = "testbed check") -> None:
-    from rich.console import Console
     from rich.table import Table
-    con = console or Console(highlight=False)
+    con = console or make_console()
     tbl = Table(title=title)
     tbl.add_column("node")
     for c in COLUMNS:

@@ -6,6 +6,8 @@ schedule run) or a failed action, 2 bad input.
 
 from __future__ import annotations
 
+from .ui import make_console
+
 import json
 import sys
 from pathlib import Path
@@ -20,8 +22,7 @@ def _bad_runs(dirs: list[str]) -> str | None:
 
 
 def _console():
-    from rich.console import Console
-    return Console(highlight=False)
+    return make_console()
 
 
 # ---------------------------------------------------------------- report ---

@@ -6,6 +6,8 @@ fix), 2 bad input.
 
 from __future__ import annotations
 
+from .ui import make_console
+
 import sys
 
 
@@ -15,10 +17,9 @@ def _testbed(args):
 
 
 def cmd_provision(args) -> int:
-    from rich.console import Console
 
     from .provision import ProvisionError, provision, render_report, scenario_assets
-    con = Console(highlight=False)
+    con = make_console()
     tb = _testbed(args)
     assets = scenario_assets(args.scenarios or [])
     nodes = [n for part in (args.nodes or []) for n in part.split(",") if n]
@@ -36,10 +37,9 @@ def cmd_provision(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from rich.console import Console
 
     from .check import check_testbed, render_checks
-    con = Console(highlight=False)
+    con = make_console()
     tb = _testbed(args)
     nodes = [n for part in (args.nodes or []) for n in part.split(",") if n]
     unknown = [n for n in nodes if n not in tb.nodes]

@@ -17,6 +17,8 @@ Local nodes need nothing: they run from this checkout.
 
 from __future__ import annotations
 
+from .ui import make_console
+
 import hashlib
 import json
 import os
@@ -416,9 +418,8 @@ def provision(testbed: Any, transports: dict[str, Transport] | None = None, *, n
 
 
 def render_report(rep: ProvisionReport, console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
-    con = console or Console(highlight=False)
+    con = console or make_console()
     tbl = Table(title=f"provision: hilbed {rep.wheel.version} wheel {rep.wheel.sha256[:12]} "
                       f"(sources {rep.wheel.source_hash})")
     for col in ("node", "state", "python", "what was done", "s"):

@@ -27,7 +27,7 @@ from rich.console import Console  # noqa: F401 (type of the console argument)
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from .errors import RunError
-from .config import ScenarioCfg, TestbedCfg, load_scenario, load_testbed
+from .config import load_scenario, load_testbed
 from .plan import Plan, Trial, make_plan
 from .store import RunStore
 from .ui import make_console
