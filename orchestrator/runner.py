@@ -113,6 +113,7 @@ class Runner:
         self._records_written = 0
         self.offsets: dict[str, dict] = {}
         self.radio_bench = None
+        self._jam_series: list[tuple[int, int, float, float]] = []  # (t_start, t_end, load, mbps), controller ns
         if resume_dir is not None:
             self.store = RunStore(Path(resume_dir))
             if not self.store.manifest_path.exists():
@@ -155,6 +156,12 @@ class Runner:
         elif kind == "progress":
             if self._progress is not None and self._task is not None:
                 self._progress.update(self._task, description=f"{node}: {msg.get('what')}: {msg.get('message')}")
+        elif kind == "jammer_load":
+            self.store.append_event("agent_event", node=node, role=role, event=msg)
+            off = self.offsets.get(node, {}).get("before", {}).get("offset_ns", 0)
+            with self._lock:
+                self._jam_series.append((int(msg["t_start"] * 1e9) - off, int(msg["t_end"] * 1e9) - off,
+                                         float(msg["load"]), float(msg["mbps"])))
         elif kind in ("ready",):
             pass
         else:
@@ -247,7 +254,7 @@ class Runner:
             "top1_prob": (raw.get("top5_prob") or [None])[0],
             "correct1": bool(decoded and top5 and top5[0] == label),
             "correct5": bool(decoded and label in top5),
-            "jammer_load": ctx.jammer.get("load"), "jammer_mbps": ctx.jammer.get("mbps"),
+            **self._jammer_at(cmap("t_arrival_ns"), ctx),
             "client_clock_offset_ns": c_off["offset_ns"], "edge_clock_offset_ns": e_off["offset_ns"],
             "clock_uncertainty_ns": c_off["uncertainty_ns"] + e_off["uncertainty_ns"],
             "close_reason": raw.get("close"), "error": raw.get("error"),
@@ -257,6 +264,23 @@ class Runner:
             self._records_written += 1
             if self._progress is not None and self._task is not None:
                 self._progress.advance(self._task)
+
+    def _jammer_at(self, t_ns: int | None, ctx: _Ctx) -> dict:
+        """Jammer load for an image: the measured 1 s window around its arrival when the
+        jammer has reported one (schedules change level mid-condition), else the level's
+        measurement taken when the condition started."""
+        fallback = {"jammer_load": ctx.jammer.get("load"), "jammer_mbps": ctx.jammer.get("mbps")}
+        if t_ns is None or not ctx.jammer:
+            return fallback
+        with self._lock:
+            best = None
+            for t0, t1, load, mbps in reversed(self._jam_series):
+                if t0 <= t_ns <= t1 + 200_000_000:
+                    best = (load, mbps)
+                    break
+                if t1 < t_ns - 2_000_000_000:
+                    break
+        return {"jammer_load": best[0], "jammer_mbps": best[1]} if best else fallback
 
     # --------------------------------------------------------------- run ---
     def _condition_fields(self, trial: Trial) -> dict:
