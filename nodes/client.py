@@ -74,6 +74,8 @@ class ClientAgent(Agent):
             raise AgentError("run_trial before configure/open_link")
         self._abort.clear()
         enc = make_codec(codec, params)
+        if callable(getattr(enc, "set_stream", None)):  # bandwidth/deadline-aware codecs (AutoJPEG)
+            enc.set_stream(deadline_ms=deadline_ms, period_ms=period_ms)
         period_ns = int(period_ms * 1e6)
         deadline_ns_rel = int(deadline_ms * 1e6)
         # warm the encoder (lazy library init, caches) outside the measured stream
@@ -106,21 +108,30 @@ class ClientAgent(Agent):
                 "retries": getattr(rep, "retries", 0), "cca_failures": getattr(rep, "cca_failures", 0),
                 "chunk_times_ns": rep.chunk_times_ns,
             }
-            futures.append(self._waiters.submit(self._await_result, msg_id, base, result_timeout_s))
+            fb = getattr(enc, "feedback", None)  # codecs that learn from replies (AdaCompress, AutoJPEG)
+            futures.append(self._waiters.submit(self._await_result, msg_id, base, result_timeout_s,
+                                                (fb, img, encoded, label) if callable(fb) else None))
         done = 0
         for f in futures:
             f.result()
             done += 1
         return {"images": done, "aborted": self._abort.is_set()}
 
-    def _await_result(self, msg_id: int, base: dict, timeout_s: float) -> None:
+    def _await_result(self, msg_id: int, base: dict, timeout_s: float, feedback: tuple | None = None) -> None:
         assert self.link is not None
         try:
             res = self.link.result(msg_id, timeout_s + max(0.0, (base["deadline_ns"] - time.time_ns()) / 1e9))
             err = res.pop("error", None)
         except Exception as exc:  # timeout or lost connection: still one record
             res, err = {}, f"{type(exc).__name__}: {exc}"
-        self.event("record", record={**base, **res, "error": err})
+        record = {**base, **res, "error": err}
+        if feedback is not None and err is None:
+            fb, img, encoded, label = feedback
+            try:
+                fb(img, encoded, record, label)
+            except Exception:  # a learning codec must never lose a record
+                log.exception("codec feedback failed")
+        self.event("record", record=record)
 
     def teardown(self) -> None:
         self._abort.set()

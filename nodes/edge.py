@@ -285,6 +285,14 @@ class EdgeAgent(Agent):
             probs = [float(p[i]) for i in idx]
             t_inf1 = time.time_ns()
             self.stats["decoded"] += 1
+        extra_top5 = None
+        decode_extra = getattr(codec, "decode_extra", None)
+        if pixels is not None and callable(decode_extra):  # e.g. AdaCompress's reference upload
+            extra = decode_extra(prefix, total)
+            if extra:
+                with self.infer_lock:
+                    ps = self.model.predict(np.stack(extra))
+                extra_top5 = [[int(i) for i in np.argsort(-p)[:5]] for p in ps]
         return {
             "msg_id": inc.meta["msg_id"], "decoded": pixels is not None, "top5": top5, "top5_prob": probs,
             "chunks_received": len(prefix), "chunks_total": total,

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nodes.codecs import CodecParamsError, all_codec_names, validate_codec_params
+from nodes.codecs import CodecParamsError, all_codec_names, explicit_params, validate_codec_params
 from .yamlsrc import ConfigError, Located, dotted, load_located
 
 ROLES = ("client", "edge", "jammer")
@@ -163,9 +163,10 @@ class CodecCfg(Strict):
     def display(self) -> str:
         if self.label:
             return self.label
-        if not self.params:
+        shown = explicit_params(self.codec, self.params) if self.codec in all_codec_names() else self.params
+        if not shown:
             return self.codec
-        return self.codec + "(" + ",".join(f"{k}={v}" for k, v in sorted(self.params.items())) + ")"
+        return self.codec + "(" + ",".join(f"{k}={v}" for k, v in sorted(shown.items())) + ")"
 
 
 class LinkCfg(Strict):

@@ -13,6 +13,8 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from nodes.codecs import explicit_params
+
 from .config import CodecCfg, ConditionCfg, ScenarioCfg, TestbedCfg
 
 PER_TRIAL_OVERHEAD_S = 0.05  # start margin + round trips: ~31 ms measured by benchmarks/run_overhead.py
@@ -22,7 +24,7 @@ def trial_id(scenario: str, codec: CodecCfg, cond: ConditionCfg, deadline_ms: fl
     key = {
         "scenario": scenario,
         "codec": codec.codec,
-        "params": codec.params,
+        "params": explicit_params(codec.codec, codec.params),
         "condition": cond.model_dump(mode="json") | {"deadline_ms": deadline_ms},
         "repetition": repetition,
     }

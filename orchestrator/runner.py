@@ -382,6 +382,12 @@ class Runner:
         self.manifest["model"] = edge.call("load", timeout=900, model=self.scenario.workload.model,
                                            device=edge_cfg.device, size=self.scenario.workload.image_size)
         local = all(c.transport.kind == "local" for c in self.testbed.nodes.values())
+        if local:  # codecs that fit on first use (GRACE, AutoJPEG, AdaCompress) fit now, not inside a trial
+            from nodes.codecs import codec_class
+            for cc in self.scenario.codecs:
+                prep = getattr(codec_class(cc.codec), "prepare", None)
+                if callable(prep):
+                    prep(cc.params)
         return edge.call("listen", host="127.0.0.1" if local else "0.0.0.0", port=port or edge_cfg.edge_port)["port"]
 
     def _prepare_client(self, c: str) -> None:

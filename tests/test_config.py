@@ -38,7 +38,7 @@ def err(fn, path) -> str:
 
 def test_good_files_load(tmp_path, repo):
     sc = load_scenario(write(tmp_path, "s.yaml", GOOD_SCENARIO))
-    assert sc.codecs[0].params == {"quality": 50, "optimize": True, "subsampling": "4:2:0"}
+    assert sc.codecs[0].params == {"quality": 50, "optimize": True, "subsampling": "4:2:0", "headers": "full"}
     assert sc.deadline_ms(sc.conditions[0]) == 100
     tb = load_testbed(repo / "testbed.yaml")
     assert tb.edge == "edge" and tb.clients == ["client-1"]
@@ -66,7 +66,7 @@ def test_good_files_load(tmp_path, repo):
      "s.yaml:5: codecs[0].params.quality: out of range: 150 (allowed: int 1..100)"),
     # codec parameter unknown
     (GOOD_SCENARIO.replace("quality: 50", "qualty: 50"),
-     "s.yaml:5: codecs[0].params.qualty: unknown parameter (allowed: quality, optimize, subsampling)"),
+     "s.yaml:5: codecs[0].params.qualty: unknown parameter (allowed: quality, optimize, subsampling, headers)"),
     # missing required field
     (GOOD_SCENARIO.replace("stream:\n  period_ms: 100\n", ""),
      "s.yaml:1: stream: required field is missing"),

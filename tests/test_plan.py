@@ -41,9 +41,7 @@ def test_expansion_counts_and_order(tmp_path):
     # condition -> repetition -> codec
     assert [t.condition.name for t in plan.trials[:6]] == ["a"] * 6
     assert [t.repetition for t in plan.trials[:6]] == [0, 0, 0, 1, 1, 1]
-    assert [t.codec.display for t in plan.trials[:3]] == [
-        "jpeg(optimize=True,quality=10,subsampling=4:2:0)", "jpeg(optimize=True,quality=90,subsampling=4:2:0)",
-        "png(compress_level=9)"]
+    assert [t.codec.display for t in plan.trials[:3]] == ["jpeg(quality=10)", "jpeg(quality=90)", "png"]
     assert plan.trials[6].deadline_ms == 50 and plan.trials[0].deadline_ms == 100
 
 
@@ -71,3 +69,14 @@ def test_ids_stable_under_reordering_and_sensitive_to_content(tmp_path):
     assert all(ids3[k] != ids[k] for k in ids if k[1] == "a")
     assert all(ids3[k] == ids[k] for k in ids if k[1] == "b")
     assert len(set(ids.values())) == len(ids)
+
+
+def test_ids_ignore_parameters_left_at_their_defaults(tmp_path):
+    """Spelling out a default (or a codec gaining a new defaulted parameter) keeps the ids."""
+    base = {(t.codec.codec, t.condition.name, t.repetition): t.id for t in _plan(tmp_path).trials
+            if t.codec.codec == "png"}
+    (tmp_path / "d").mkdir()
+    spelled = SC.replace("  - {codec: png}", "  - {codec: png, params: {compress_level: 9}}")
+    again = {(t.codec.codec, t.condition.name, t.repetition): t.id for t in _plan(tmp_path / "d", spelled).trials
+             if t.codec.codec == "png"}
+    assert base == again

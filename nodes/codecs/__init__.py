@@ -53,8 +53,18 @@ def validate_codec_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     return codec_class(name).validate(dict(params or {}))
 
 
+def explicit_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters that differ from the codec's defaults.
+
+    Trial ids and labels use these, so adding a parameter with a default to a
+    codec later keeps the ids (and ``hilbed resume``) of existing runs valid.
+    """
+    spec = codec_class(name).params_spec
+    return {k: v for k, v in params.items() if k not in spec or spec[k].default != v}
+
+
 def make_codec(name: str, params: dict[str, Any] | None = None) -> Codec:
     return codec_class(name)(**(params or {}))
 
 
-__all__ = ["CODECS", "LAZY_CODECS", "codec_class", "all_codec_names", "Codec", "CodecParamsError", "Encoded", "Param", "make_codec", "validate_codec_params"]
+__all__ = ["explicit_params", "CODECS", "LAZY_CODECS", "codec_class", "all_codec_names", "Codec", "CodecParamsError", "Encoded", "Param", "make_codec", "validate_codec_params"]

@@ -45,15 +45,29 @@ class JpegCodec(Codec):
     name = "jpeg"
     params_spec = {
         "quality": Param(int, 75, 1, 100, doc="libjpeg quality"),
-        "optimize": Param(bool, True, doc="optimised Huffman tables"),
+        "optimize": Param(bool, True, doc="optimised Huffman tables (per image; kept in the stream when abbreviated)"),
         "subsampling": Param(str, "4:2:0", choices=tuple(_SUBSAMPLING)),
+        "headers": Param(str, "full", choices=("full", "abbreviated"),
+                         doc="full streams, or abbreviated streams whose tables (DQT, and DHT unless optimize) are "
+                             "pre-shared once per configuration (nodes/codecs/jpeg_tables.py)"),
     }
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        self._profile = None
+        if self.params.get("headers") == "abbreviated":
+            from .jpeg_tables import JpegProfile
+            self._profile = JpegProfile(quality=self.params["quality"], optimize=self.params["optimize"],
+                                        subsampling=self.params["subsampling"], headers="abbreviated")
 
     def _save_kwargs(self) -> dict:
         return dict(format="JPEG", quality=self.params["quality"], optimize=self.params["optimize"],
                     subsampling=_SUBSAMPLING[self.params["subsampling"]])
 
     def encode(self, image: np.ndarray) -> Encoded:
+        if self._profile is not None:
+            data, hdr, full_hdr = self._profile.encode(image)
+            return Encoded([data], header_bytes=hdr, meta={"header_bytes_full": full_hdr})
         buf = io.BytesIO()
         _to_pil(image).save(buf, **self._save_kwargs())
         data = buf.getvalue()
@@ -62,6 +76,8 @@ class JpegCodec(Codec):
     def decode(self, chunks: list[bytes], total_chunks: int) -> np.ndarray | None:
         if len(chunks) < total_chunks or not chunks:
             return None
+        if self._profile is not None:
+            return self._profile.decode(b"".join(chunks))
         return _from_bytes(b"".join(chunks))
 
 
@@ -70,6 +86,7 @@ class ProgressiveJpegCodec(JpegCodec):
 
     name = "jpeg-progressive"
     progressive = True
+    params_spec = {k: v for k, v in JpegCodec.params_spec.items() if k != "headers"}
 
     def _save_kwargs(self) -> dict:
         kw = super()._save_kwargs()

@@ -1,0 +1,221 @@
+"""``hilbed fit FAMILY ...`` and ``hilbed eval-codecs ...``.
+
+``fit`` discovers families through :data:`nodes.codecs.LAZY_CODECS`: a codec
+module that defines ``fit_cli(parser)`` and ``fit_main(args, store)`` is a
+family (see docs/codecs.md). The family's module is imported only when it is
+asked for, so ``hilbed`` stays quick and torch-free for other commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+COMMON_FIT = "common options: --dataset D --model M --size N --seed N --device D --store DIR --threads N --json"
+
+
+def _console():
+    from rich.console import Console
+    # tables are wide; piped output (no terminal) would otherwise be cut at 80 columns
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+
+
+def _add_common(p: argparse.ArgumentParser, fit: bool) -> None:
+    p.add_argument("--dataset", default="synthetic",
+                   help="synthetic | imagefolder:PATH | PATH (an ImageFolder directory); default synthetic")
+    p.add_argument("--model", default="synthetic-cnn",
+                   help="synthetic-cnn | cifar-resnet:PATH | PATH (a CIFAR ResNet checkpoint; depth inferred)")
+    p.add_argument("--size", type=int, default=32, help="image side in pixels (default 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
+    p.add_argument("--store", default=None, help="artifact store directory (default: $HILBED_ARTIFACTS or the cache)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default 1: machines are shared)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary instead of tables")
+
+
+def _progress_cb(con, quiet: bool):
+    """(message, fraction) callback drawing one rich progress bar."""
+    if quiet:
+        return None, None
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    prog = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                    TimeElapsedColumn(), console=con, transient=True)
+    task = prog.add_task("starting", total=1.0)
+
+    def cb(msg: str, frac: float) -> None:
+        prog.update(task, description=msg[:90], completed=max(0.0, min(1.0, frac)))
+    return prog, cb
+
+
+# ------------------------------------------------------------------ fit ---
+
+def cmd_fit(args) -> int:
+    from nodes.codecs.fit import fit_families, fit_module
+    fams = fit_families()
+    if args.family not in fams:
+        print(f"hilbed fit: unknown family {args.family!r} (allowed: {', '.join(sorted(fams))})", file=sys.stderr)
+        return 2
+    mod = fit_module(args.family)
+    if mod is None:
+        print(f"hilbed fit: codec {args.family!r} has nothing to fit (its module defines no fit_cli/fit_main)",
+              file=sys.stderr)
+        return 2
+    inner = argparse.ArgumentParser(prog=f"hilbed fit {args.family}",
+                                    description=getattr(mod, "FIT_HELP", None) or (mod.__doc__ or "").split("\n")[0])
+    _add_common(inner, fit=True)
+    mod.fit_cli(inner)
+    fa = inner.parse_args(args.rest)
+    if fa.store:
+        os.environ["HILBED_ARTIFACTS"] = str(Path(fa.store).resolve())
+    from nodes.codecs.artifacts import ArtifactStore
+    store = ArtifactStore()
+    con = _console()
+    prog, cb = _progress_cb(con, fa.json)
+    fa.progress = cb
+    t0 = time.monotonic()
+    try:
+        if prog:
+            with prog:
+                out = mod.fit_main(fa, store)
+        else:
+            out = mod.fit_main(fa, store)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"hilbed fit {args.family}: {exc}", file=sys.stderr)
+        return 2
+    arts = out if isinstance(out, list) else [out]
+    summary = getattr(fa, "summary", None)
+    if fa.json:
+        print(json.dumps({"family": args.family, "artifacts": [a.id for a in arts], "store": str(store.root),
+                          "seconds": round(time.monotonic() - t0, 1), "summary": summary}, indent=2, default=str))
+        return 0
+    from rich.table import Table
+    t = Table(title=f"hilbed fit {args.family}: {len(arts)} artifact(s) in {store.root}")
+    t.add_column("artifact")
+    t.add_column("facts")
+    for a in arts:
+        facts = {k: a.meta[k] for k in ("ratio", "C_bytes", "weights_gyuv", "weights", "pretrain") if k in a.meta}
+        t.add_row(a.id, json.dumps(facts, default=str)[:160])
+    con.print(t)
+    if summary:
+        con.print(json.dumps(summary, default=str)[:2000])
+    con.print(f"fitted in {time.monotonic() - t0:.1f} s on {fa.dataset} for {fa.model}")
+    for a in arts:  # last lines: the ids, for scripts
+        print(a.id)
+    return 0
+
+
+# ---------------------------------------------------------- eval-codecs ---
+
+def cmd_eval(args) -> int:
+    from nodes.codecs import codec_class
+    from nodes.codecs.evaluate import compare_to_reference, evaluate_variant, parse_variants, write_outputs
+    from nodes.codecs.fit import dataset_spec, load_images, load_target, open_dataset
+    if args.store:
+        os.environ["HILBED_ARTIFACTS"] = str(Path(args.store).resolve())
+    con = _console()
+    try:
+        variants = parse_variants(args.codecs)
+        ds = open_dataset(args.dataset, args.size, "test", args.n, args.seed)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"hilbed eval-codecs: {exc}", file=sys.stderr)
+        return 2
+    for v in variants:
+        try:
+            spec = codec_class(v.codec).params_spec
+        except ValueError as exc:
+            print(f"hilbed eval-codecs: {exc}", file=sys.stderr)
+            return 2
+        if "artifact" in spec and v.params.get("artifact") != "none" and not (v.params.get("artifact") or v.params.get("artifacts")):
+            if args.fit_dataset:
+                v.params.setdefault("fit_dataset", dataset_spec(args.fit_dataset))
+                v.params.setdefault("fit_model", args.model)
+            elif dataset_spec(args.dataset) != "synthetic" or args.model != "synthetic-cnn":
+                print(f"hilbed eval-codecs: {v.label} names no artifact; run `hilbed fit {v.codec} --dataset ... "
+                      f"--model ...` and pass artifact=ID, or give --fit-dataset to fit on first use", file=sys.stderr)
+                return 2
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=con, transient=not args.json, disable=args.json) as prog:
+        t_load = prog.add_task("loading images and model", total=None)
+        x, y = load_images(ds, args.n, args.seed, shuffle=args.n is not None and args.n < len(ds))
+        model = load_target(args.model, args.device, args.size)
+        prog.remove_task(t_load)
+        total = prog.add_task("codecs", total=len(variants) * len(x))
+        rows = []
+        for v in variants:
+            prog.update(total, description=f"{v.label[:60]}")
+            try:
+                rows.append(evaluate_variant(v, x, y, model, args.batch, args.feedback_batch,
+                                             progress=lambda k: prog.advance(total, k)))
+            except Exception as exc:  # one broken variant must not lose the others
+                from nodes.codecs import CodecParamsError
+                if not isinstance(exc, (CodecParamsError, FileNotFoundError, ValueError)):
+                    raise
+                con.print(f"[red]{v.label}: {exc}[/red]")
+    meta = {"dataset": dataset_spec(args.dataset), "model": args.model, "n": int(len(x)), "size": args.size,
+            "seed": args.seed, "clean_top1": float((model.predict(x).argmax(1) == y).mean()) if len(x) else None}
+    out_dir = Path(args.out or Path("runs") / "codec-eval" / time.strftime("%Y%m%d-%H%M%S"))
+    paths = write_outputs(rows, out_dir, f"{meta['dataset']} / {args.model} (n={meta['n']})", meta)
+    if args.json:
+        print(json.dumps({"meta": meta, "rows": rows, "vs_jpeg": compare_to_reference(rows),
+                          "files": {k: str(v) for k, v in paths.items()}}, indent=2, default=str))
+        return 0
+    from rich.table import Table
+    t = Table(title=f"rate-accuracy on {meta['dataset']} with {args.model} (n={meta['n']}, "
+                    f"uncompressed top-1 {100 * (meta['clean_top1'] or 0):.1f} %)")
+    t.add_column("variant", overflow="fold", min_width=20)
+    for col in ("bytes sent", "payload", "headers", "w/ full headers", "top-1 %", "top-5 %", "encode ms"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(r["label"], f"{r['bytes_sent']:.1f}", f"{r['bytes_payload']:.1f}", f"{r['bytes_header']:.1f}",
+                  f"{r['bytes_full_headers']:.1f}", f"{100 * r['top1']:.2f}", f"{100 * r['top5']:.2f}",
+                  f"{r['encode_ms']:.3f}")
+    con.print(t)
+    cmp = compare_to_reference(rows)
+    if cmp and any(r["codec"] == "jpeg" for r in rows):
+        for fam, c in cmp.items():
+            if c["point_ratio"] is not None:
+                con.print(f"{fam}: matches a jpeg point's top-1 at {c['point_ratio']:.3f}x its payload bytes "
+                          f"({c['point'][0]} vs {c['point'][1]})"
+                          + (f"; vs jpeg's Pareto front {c['front_ratio']:.3f}x" if c["front_ratio"] else ""))
+            else:
+                con.print(f"{fam}: no point reaches a jpeg point's top-1")
+    con.print(f"results: {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def register(sub) -> None:
+    from nodes.codecs.fit import fit_families
+    fams = sorted(fit_families())
+    f = sub.add_parser("fit", help="fit a codec's artifacts (tables, weights, agents) for a dataset and model",
+                       description="Fit codec artifacts into the content-hashed artifact store and print their ids. "
+                                   f"Families: {', '.join(fams)}. `hilbed fit FAMILY --help` lists a family's "
+                                   f"options; {COMMON_FIT}.")
+    f.add_argument("family", help=f"codec family ({', '.join(fams)})")
+    f.add_argument("rest", nargs=argparse.REMAINDER, help="the family's options")
+    f.set_defaults(fn=cmd_fit)
+
+    e = sub.add_parser("eval-codecs", help="offline rate-accuracy table and plot for codec variants",
+                       description="Encode -> decode -> infer every image with every variant (no network) and report "
+                                   "bytes per image (as sent, payload without headers, with full headers), top-1 and "
+                                   "top-5. Variants: NAME[:key=values...][@LABEL], values a,b,c or lo..hi/step, e.g. "
+                                   "jpeg:quality=10..95/5 grace:artifact=grace-...:budget=0.1,0.3")
+    _add_common(e, fit=False)
+    e.add_argument("--codecs", nargs="+", required=True, help="variant specs (see above)")
+    e.add_argument("--n", type=int, default=None, help="images (default: all; synthetic: 1000)")
+    e.add_argument("--batch", type=int, default=64)
+    e.add_argument("--feedback-batch", type=int, default=16, help="replies in flight for learning codecs")
+    e.add_argument("--fit-dataset", default=None, help="fit variants without an artifact on first use on this "
+                                                       "dataset (against --model)")
+    e.add_argument("--out", default=None, help="output directory (default runs/codec-eval/<time>)")
+    e.set_defaults(fn=_eval_defaults)
+
+
+def _eval_defaults(args) -> int:
+    if args.n is None and args.dataset == "synthetic":
+        args.n = 1000
+    return cmd_eval(args)
