@@ -50,14 +50,8 @@ class ProvisionError(RuntimeError):
 
 
 def cache_root() -> Path:
-    env = os.environ.get("HILBED_CACHE_DIR")
-    if env:
-        return Path(env)
-    try:
-        from platformdirs import user_cache_dir
-        return Path(user_cache_dir("hilbed"))
-    except ImportError:
-        return Path.home() / ".cache" / "hilbed"
+    from nodes.paths import cache_dir
+    return cache_dir()
 
 
 # ------------------------------------------------------------------ wheel ---

@@ -22,14 +22,8 @@ def default_root() -> Path:
     env = os.environ.get("HILBED_ARTIFACTS")
     if env:
         return Path(env)
-    cache = os.environ.get("HILBED_CACHE_DIR")
-    if cache:
-        return Path(cache) / "artifacts"
-    try:
-        from platformdirs import user_cache_dir
-        return Path(user_cache_dir("hilbed")) / "artifacts"
-    except ImportError:
-        return Path.home() / ".cache" / "hilbed" / "artifacts"
+    from ..paths import cache_dir
+    return cache_dir() / "artifacts"
 
 
 @dataclass(frozen=True)

@@ -22,24 +22,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..paths import cache_dir
 from .synthetic import CLASSES as SYNTH_CLASSES
 from .synthetic import GENERATOR_VERSION, make_image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-
-
-def cache_dir() -> Path:
-    """Where trained models and artifacts live (``HILBED_CACHE_DIR`` overrides)."""
-    env = os.environ.get("HILBED_CACHE_DIR")
-    if env:
-        return Path(env)
-    try:
-        from platformdirs import user_cache_dir
-        return Path(user_cache_dir("hilbed"))
-    except ImportError:
-        return Path.home() / ".cache" / "hilbed"
 
 
 def pick_device(pref: str = "auto") -> torch.device:
