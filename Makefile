@@ -6,7 +6,14 @@ TORCH  ?= torch==2.13.0
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.hilbed-installed
 
-.PHONY: run test venv clean-venv
+.PHONY: run test venv clean-venv test-neural
+
+# The neural codecs (PNC fitting/decoding, entropic student) in their own venv: compressai needs numpy<2.
+# NEURAL_TORCH_INDEX=--index-url https://download.pytorch.org/whl/cpu gets CPU wheels instead of the CUDA build (~5 GB).
+NEURAL_VENV        ?= .venv-neural
+NEURAL_TORCH       ?= torch==2.14.1 torchvision==0.29.1
+NEURAL_TORCH_INDEX ?=
+NEURAL_STAMP       := $(NEURAL_VENV)/.hilbed-installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +30,16 @@ run: $(STAMP)
 # pytest exits 5 when it collected no tests; that is not a failure of the suite.
 test: $(STAMP)
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+$(NEURAL_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(NEURAL_VENV)
+	$(NEURAL_VENV)/bin/python -m pip install -q --upgrade pip
+	$(NEURAL_VENV)/bin/python -m pip install -q $(NEURAL_TORCH) $(NEURAL_TORCH_INDEX)
+	$(NEURAL_VENV)/bin/python -m pip install -q -e '.[test,neural]'
+	touch $(NEURAL_STAMP)
+
+test-neural: $(NEURAL_STAMP)
+	$(NEURAL_VENV)/bin/python -m pytest -q tests/test_codec_pnc.py tests/test_codec_entropic.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -30,6 +30,8 @@ from typing import Callable
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HILBED_CACHE_DIR", str(REPO / ".hilbed-cache"))
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # single-thread numbers, as on a Pi
+    os.environ.setdefault(_var, "1")
 
 Variants = list[tuple[str, str, dict]]
 
@@ -59,12 +61,36 @@ def _adacompress(args) -> Variants:
             ("adacompress-abbr", "adacompress", {**base, "learn": False, "headers": "abbreviated"})]
 
 
+def _neural(args) -> Variants:
+    """PNC (numpy encoder; one model per input size: --pnc IDs, else a tiny fit per size on the synthetic
+    default - the weights do not change the time) with the progressive-JPEG baselines of its paper; the
+    entropic student, CR+BQ and the factorized prior when their artifacts are given (torch/compressai)."""
+    out: Variants = [("pjpeg-q30", "jpeg-progressive", {"quality": 30}),
+                     ("pjpeg-q75", "jpeg-progressive", {"quality": 75})]
+    ids = [a for a in args.pnc.split(",") if a]
+    if ids:
+        out += [(f"pnc[{a}]", "pnc", {"artifact": a}) for a in ids]
+    else:
+        out += [(f"pnc-{s}", "pnc", {"fit_preset": "tiny", "fit_size": int(s)}) for s in args.sizes.split(",")]
+    for fam in ("entropic", "crbq", "factorized"):
+        out += [(f"{fam}[{a}]", fam, {"artifact": a}) for a in getattr(args, fam).split(",") if a]
+    return out
+
+
+def _decoder(dec):
+    """What the edge runs per message: pixels, or (split computing) features + the codec's own tail."""
+    if callable(getattr(dec, "decode_features", None)):
+        return lambda e: dec.predict_features(dec.decode_features(e.chunks, len(e.chunks)))
+    return lambda e: dec.decode(e.chunks, len(e.chunks))
+
+
 #: family name -> variants; other families (pnc, entropic, ...) append here
 FAMILIES: dict[str, Callable[[argparse.Namespace], Variants]] = {
     "classic": _classic,
     "grace": _grace,
     "autojpeg": _autojpeg,
     "adacompress": _adacompress,
+    "neural": _neural,
 }
 
 
@@ -96,15 +122,17 @@ def bench(args) -> dict:
         codecs[label] = (make_codec(name, params), make_codec(name, params))
     for size in [int(s) for s in args.sizes.split(",")]:
         imgs = _images(args.dataset, size, args.images)
-        encoded = {label: [enc.encode(im) for im in imgs] for label, (enc, _) in codecs.items()}
-        t_enc: dict[str, list[float]] = {k: [] for k in codecs}
-        t_dec: dict[str, list[float]] = {k: [] for k in codecs}
+        # a neural model is fitted for one input size (PNC would resize other sizes: not a fair time)
+        sized = {k: v for k, v in codecs.items() if getattr(v[0], "input_size", size) == size}
+        encoded = {label: [enc.encode(im) for im in imgs] for label, (enc, _) in sized.items()}
+        t_enc: dict[str, list[float]] = {k: [] for k in sized}
+        t_dec: dict[str, list[float]] = {k: [] for k in sized}
         for _ in range(args.repeats):  # interleaved, so load changes hit every variant alike
-            for label, (enc, dec) in codecs.items():
+            for label, (enc, dec) in sized.items():
                 t_enc[label].append(_round(enc.encode, imgs))
-                t_dec[label].append(_round(lambda e, d=dec: d.decode(e.chunks, len(e.chunks)), encoded[label]))
+                t_dec[label].append(_round(_decoder(dec), encoded[label]))
         rows = {}
-        for label in codecs:
+        for label in sized:
             rows[label] = {"encode_us": round(statistics.median(t_enc[label]) * 1e6, 2),
                            "decode_us": round(statistics.median(t_dec[label]) * 1e6, 2),
                            "bytes": round(statistics.mean(e.total_bytes for e in encoded[label]), 1)}
@@ -136,6 +164,10 @@ def main() -> None:
     ap.add_argument("--grace", default="", help="grace artifact id (default: fit on the synthetic default)")
     ap.add_argument("--autojpeg", default="", help="autojpeg artifact id")
     ap.add_argument("--adacompress", default="", help="adacompress artifact id")
+    ap.add_argument("--pnc", default="", help="pnc artifact ids, comma separated (default: a tiny fit per size)")
+    ap.add_argument("--entropic", default="", help="entropic artifact ids (needs torch + compressai)")
+    ap.add_argument("--crbq", default="", help="crbq artifact ids (needs torch)")
+    ap.add_argument("--factorized", default="", help="factorized artifact ids (needs torch + compressai)")
     args = ap.parse_args()
     print(json.dumps(bench(args), indent=2))
 

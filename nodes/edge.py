@@ -272,14 +272,22 @@ class EdgeAgent(Agent):
         prefix = inc.prefix()
         total = len(inc.chunk_sizes)
         t_dec0 = time.time_ns()
-        pixels = codec.decode(prefix, total) if prefix else None
+        # Split-computing codecs (entropic student, CR+BQ) decode to the features that
+        # replace the model's first stage and classify with their own later stages;
+        # every other codec decodes to pixels for the edge's model.
+        decode_features = getattr(codec, "decode_features", None)
+        split = callable(decode_features)
+        if split:
+            decoded = decode_features(prefix, total) if prefix else None
+        else:
+            decoded = codec.decode(prefix, total) if prefix else None
         t_dec1 = time.time_ns()
         top5: list[int] = []
         probs: list[float] = []
         t_inf1 = t_dec1
-        if pixels is not None:
+        if decoded is not None:
             with self.infer_lock:
-                p = self.model.predict(pixels[None])[0]
+                p = codec.predict_features(decoded)[0] if split else self.model.predict(decoded[None])[0]
             idx = np.argsort(-p)[:5]
             top5 = [int(i) for i in idx]
             probs = [float(p[i]) for i in idx]
@@ -287,20 +295,21 @@ class EdgeAgent(Agent):
             self.stats["decoded"] += 1
         extra_top5 = None
         decode_extra = getattr(codec, "decode_extra", None)
-        if pixels is not None and callable(decode_extra):  # e.g. AdaCompress's reference upload
+        if decoded is not None and callable(decode_extra):  # e.g. AdaCompress's reference upload
             extra = decode_extra(prefix, total)
             if extra:
                 with self.infer_lock:
                     ps = self.model.predict(np.stack(extra))
                 extra_top5 = [[int(i) for i in np.argsort(-p)[:5]] for p in ps]
         return {
-            "msg_id": inc.meta["msg_id"], "decoded": pixels is not None, "top5": top5, "top5_prob": probs,
+            "msg_id": inc.meta["msg_id"], "decoded": decoded is not None, "top5": top5, "top5_prob": probs,
             "chunks_received": len(prefix), "chunks_total": total,
             "bytes_received": inc.bytes_received, "late_packets": inc.late_packets, "close": inc.end_flag,
             "edge_t_begin_ns": inc.t_begin_ns, "edge_t_rx_end_ns": inc.t_last_rx_ns,
             "edge_t_close_ns": t_close, "edge_t_decode_start_ns": t_dec0, "edge_t_decode_end_ns": t_dec1,
             "edge_t_infer_end_ns": t_inf1, "edge_t_reply_ns": time.time_ns(),
             "rssi_dbm": (sum(inc.rssi) / len(inc.rssi)) if inc.rssi else None,
+            **({"extra_top5": extra_top5} if extra_top5 is not None else {}),
         }
 
     def teardown(self) -> None:

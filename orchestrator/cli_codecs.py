@@ -112,7 +112,8 @@ def cmd_fit(args) -> int:
 
 def cmd_eval(args) -> int:
     from nodes.codecs import codec_class
-    from nodes.codecs.evaluate import compare_to_reference, evaluate_variant, parse_variants, write_outputs
+    from nodes.codecs.evaluate import (compare_to_reference, evaluate_prefixes, evaluate_variant, parse_variants,
+                                       write_outputs)
     from nodes.codecs.fit import dataset_spec, load_images, load_target, open_dataset
     if args.store:
         os.environ["HILBED_ARTIFACTS"] = str(Path(args.store).resolve())
@@ -151,6 +152,8 @@ def cmd_eval(args) -> int:
             try:
                 rows.append(evaluate_variant(v, x, y, model, args.batch, args.feedback_batch,
                                              progress=lambda k: prog.advance(total, k)))
+                if args.prefixes and codec_class(v.codec).progressive:
+                    rows += evaluate_prefixes(v, x, y, model, args.batch)
             except Exception as exc:  # one broken variant must not lose the others
                 from nodes.codecs import CodecParamsError
                 if not isinstance(exc, (CodecParamsError, FileNotFoundError, ValueError)):
@@ -211,6 +214,9 @@ def register(sub) -> None:
     e.add_argument("--feedback-batch", type=int, default=16, help="replies in flight for learning codecs")
     e.add_argument("--fit-dataset", default=None, help="fit variants without an artifact on first use on this "
                                                        "dataset (against --model)")
+    e.add_argument("--prefixes", action="store_true",
+                   help="progressive codecs (pnc, jpeg-progressive): also one row per number of chunks received "
+                        "(LABEL@k: PNC blocks, JPEG scans), i.e. accuracy against what a deadline lets through")
     e.add_argument("--out", default=None, help="output directory (default runs/codec-eval/<time>)")
     e.set_defaults(fn=_eval_defaults)
 

@@ -125,6 +125,8 @@ def evaluate_variant(v: Variant, images: np.ndarray, labels: np.ndarray, model, 
     dec_codec = make_codec(v.codec, v.params)
     has_fb = callable(getattr(enc_codec, "feedback", None))
     has_extra = callable(getattr(dec_codec, "decode_extra", None))
+    # split-computing codecs (entropic student, CR+BQ) decode to features and predict with their own tail
+    has_feat = callable(getattr(dec_codec, "decode_features", None))
     if callable(getattr(dec_codec, "adapt_model", None)):
         model = dec_codec.adapt_model(model)  # e.g. AutoJPEG fitted with --finetune
     step = feedback_batch if has_fb else batch
@@ -149,10 +151,18 @@ def evaluate_variant(v: Variant, images: np.ndarray, labels: np.ndarray, model, 
             hdr[i] = e.header_bytes
             full_hdr[i] = e.meta.get("header_bytes_full", e.header_bytes)
             extra_bytes[i] = e.meta.get("extra_bytes", 0)
+            if has_feat:
+                f = dec_codec.decode_features(e.chunks, len(e.chunks))
+                ok.append(f is not None)
+                pix.append(dec_codec.predict_features(f)[0] if f is not None else None)
+                continue
             d = dec_codec.decode(e.chunks, len(e.chunks))
             ok.append(d is not None)
             pix.append(d if d is not None else np.zeros_like(images[i]))
-        probs = model.predict(np.stack(pix))
+        if has_feat:
+            probs = np.stack([p if p is not None else np.zeros(len(model.classes)) for p in pix])
+        else:
+            probs = model.predict(np.stack(pix))
         extras: list[list[list[int]]] = [[] for _ in idx]
         if has_extra:
             for k, e in enumerate(encs):
@@ -196,6 +206,48 @@ def series_of(row: dict) -> str:
         return row["label"].split("[")[0]
     rest = {k: v for k, v in row.get("params", {}).items() if k not in SWEEP_KEYS}
     return row["codec"] + ("(" + ",".join(f"{k}={_short(v)}" for k, v in sorted(rest.items())) + ")" if rest else "")
+
+
+def evaluate_prefixes(v: Variant, images: np.ndarray, labels: np.ndarray, model, batch: int = 64,
+                      progress: Callable[[int], None] | None = None) -> list[dict]:
+    """A progressive variant cut after k chunks, for every k: one row per k (label ``LABEL@k``).
+
+    This is what the edge does at a deadline (it decodes the complete chunks that
+    arrived); an image with fewer than k chunks counts whole. For PNC a chunk is
+    a 64-byte block, for progressive JPEG a scan.
+    """
+    enc_codec = make_codec(v.codec, v.params)
+    dec_codec = make_codec(v.codec, v.params)
+    encs = [enc_codec.encode(im) for im in images]
+    kmax = max(len(e.chunks) for e in encs)
+    rows = []
+    for k in range(1, kmax + 1):
+        sent = np.array([sum(len(c) for c in e.chunks[:k]) for e in encs], float)
+        hdr = np.array([min(e.header_bytes, s) for e, s in zip(encs, sent)], float)
+        correct1 = np.zeros(len(images), bool)
+        correct5 = np.zeros(len(images), bool)
+        failed = 0
+        for start in range(0, len(images), batch):
+            idx = range(start, min(len(images), start + batch))
+            pix, ok = [], []
+            for i in idx:
+                d = dec_codec.decode(encs[i].chunks[:k], len(encs[i].chunks))
+                ok.append(d is not None)
+                pix.append(d if d is not None else np.zeros_like(images[i]))
+            probs = model.predict(np.stack(pix))
+            for j, i in enumerate(idx):
+                t5 = _top5(probs[j]) if ok[j] else []
+                failed += not ok[j]
+                correct1[i] = bool(t5) and t5[0] == labels[i]
+                correct5[i] = int(labels[i]) in t5
+        rows.append({"label": f"{v.label}@{k}", "codec": v.codec, "params": {**v.params, "chunks": k}, "n": len(images),
+                     "chunks": k, "bytes_sent": float(sent.mean()), "bytes_payload": float((sent - hdr).mean()),
+                     "bytes_header": float(hdr.mean()), "bytes_full_headers": float(sent.mean()), "bytes_extra": 0.0,
+                     "top1": float(correct1.mean()), "top5": float(correct5.mean()), "decode_failures": failed,
+                     "encode_ms": 0.0})
+        if progress:
+            progress(len(images) // kmax)
+    return rows
 
 
 def pareto(rows: list[dict], x: str = "bytes_payload", y: str = "top1") -> list[dict]:

@@ -14,16 +14,23 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
-from ..workload.models import IMAGENET_MEAN, IMAGENET_STD, CifarResNet, cache_dir, load_model, pick_device
+from ..paths import cache_dir
+from ..workload.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    CifarResNet,
+    load_model,
+    pick_device,
+)
 
 Progress = Callable[[str, float], None]
 
@@ -42,7 +49,7 @@ class ImageTensors:
     def __len__(self) -> int:
         return len(self.y)
 
-    def subset(self, n: int | None, seed: int = 0) -> "ImageTensors":
+    def subset(self, n: int | None, seed: int = 0) -> ImageTensors:
         """A class-balanced-in-expectation random subset (all of it when n is None or >= len)."""
         if n is None or n >= len(self):
             return self
@@ -126,7 +133,7 @@ class Teacher(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
-    def train(self, mode: bool = True) -> "Teacher":  # BN statistics stay frozen
+    def train(self, mode: bool = True) -> Teacher:  # BN statistics stay frozen
         super().train(False)
         return self
 
@@ -239,7 +246,7 @@ def train_loop(step: Callable[[torch.Tensor, float], dict], n: int, batch: int, 
     """
     gen = torch.Generator().manual_seed(seed)
     per_epoch = max(1, math.ceil(n / batch))
-    total = max(1, int(round(epochs * per_epoch)))
+    total = max(1, round(epochs * per_epoch))
     if max_steps:
         total = min(total, max_steps)
     t0 = time.monotonic()

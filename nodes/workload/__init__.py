@@ -21,12 +21,31 @@ class _Endless:
         return self.ds.describe().replace(f", n={self.ds.n}", "")
 
 
+class _Shuffled:
+    """An ImageFolder in a seeded order: files are sorted by class, so index k..k+n would be one class."""
+
+    def __init__(self, ds, seed: int):
+        import numpy as np
+        self.ds = ds
+        self.classes = ds.classes
+        self.order = np.random.default_rng(seed).permutation(len(ds))
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int):
+        return self.ds[int(self.order[i % len(self.order)])]
+
+    def describe(self) -> str:
+        return self.ds.describe() + f" (seeded order {self.order[:3].tolist()}...)"
+
+
 def open_dataset(spec: str, size: int = 32, seed: int = 0, split: str = "test"):
     if spec == "synthetic":
         return _Endless(SyntheticDataset(0, split, seed, size))
     if spec.startswith("imagefolder:"):
         from .imagefolder import ImageFolder
-        return ImageFolder(spec.split(":", 1)[1], size)
+        return _Shuffled(ImageFolder(spec.split(":", 1)[1], size), seed)
     raise ValueError(f"unknown dataset {spec!r} (allowed: synthetic, imagefolder:PATH)")
 
 
