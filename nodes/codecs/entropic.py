@@ -493,6 +493,21 @@ def refit_prior(net, images: np.ndarray, dev, fit, progress=None, n: int = 4000)
     return bits
 
 
+
+def _rate_distortion_step(net, opt, opt_aux, params, loss) -> float:
+    """One step of a learned-entropy-bottleneck model: the main loss (distortion and
+    rate), then compressai's auxiliary loss that fits the bottleneck's quantiles."""
+    import torch
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 5.0)
+    opt.step()
+    aux = net["eb"].loss()
+    opt_aux.zero_grad(set_to_none=True)
+    aux.backward()
+    opt_aux.step()
+    return aux.item()
+
 def _bits(likelihoods):
     import torch
     return -torch.log2(likelihoods).sum() / likelihoods.shape[0]
@@ -576,16 +591,8 @@ def fit_entropic(data, teacher_spec: str, fit: SplitFit | None = None, store: Ar
         y_hat, lik = net["eb"](net["encoder"](x))
         dist = F.mse_loss(net["decoder"](y_hat), target)
         bpp = _bits(lik) / pixels
-        loss = dist + fit.beta * bpp
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(main, 5.0)
-        opt.step()
-        a = net["eb"].loss()
-        opt_aux.zero_grad(set_to_none=True)
-        a.backward()
-        opt_aux.step()
-        return {"feat_mse": dist.item(), "bpp": bpp.item(), "aux": a.item()}
+        aux = _rate_distortion_step(net, opt, opt_aux, main, dist + fit.beta * bpp)
+        return {"feat_mse": dist.item(), "bpp": bpp.item(), "aux": aux}
 
     r1 = train_loop(step1, len(data), fit.batch, fit.epochs1, [(opt, Schedule(fit.lr1, (0.5, 0.8)))], fit.seed,
                     progress, "entropic stage 1 (feature distillation + rate)")
@@ -651,16 +658,8 @@ def fit_factorized(data, teacher_spec: str, fit: SplitFit | None = None, store: 
         y_hat, lik = net["eb"](net["encoder"](x))
         mse = F.mse_loss(net["decoder"](y_hat), x)
         bpp = _bits(lik) / pixels
-        loss = fit.lmbda * 255 ** 2 * mse + bpp
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(main, 5.0)
-        opt.step()
-        a = net["eb"].loss()
-        opt_aux.zero_grad(set_to_none=True)
-        a.backward()
-        opt_aux.step()
-        return {"mse": mse.item(), "bpp": bpp.item(), "aux": a.item()}
+        aux = _rate_distortion_step(net, opt, opt_aux, main, fit.lmbda * 255 ** 2 * mse + bpp)
+        return {"mse": mse.item(), "bpp": bpp.item(), "aux": aux}
 
     r1 = train_loop(step, len(data), fit.batch, fit.epochs1, [(opt, Schedule(fit.lr1, (0.6, 0.85)))], fit.seed,
                     progress, "factorized (rate-distortion)")
