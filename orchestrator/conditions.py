@@ -82,16 +82,20 @@ def open_links(run: "Runner", cond, edge_addr: str, port: int) -> None:
             raise
 
 
+
+def _call_live_agents(run: "Runner", nodes: list[str], role: str, op: str, event: str, timeout: float) -> None:
+    """Teardown calls: ``op`` on every still-running agent, its answer into events.jsonl; a dead agent is skipped."""
+    for n in nodes:
+        h = run.handles.get((n, role))
+        if h is not None and not h.dead.is_set():
+            try:
+                run.store.append_event(event, node=n, result=h.call(op, timeout=timeout))
+            except AgentFailed:
+                pass
+
 def close_links(run: "Runner") -> None:
     try:
-        for c in run.testbed.clients:
-            h = run.handles.get((c, "client"))
-            if h is not None and not h.dead.is_set():
-                try:
-                    stats = h.call("close_link", timeout=30)
-                    run.store.append_event("link_stats", node=c, stats=stats)
-                except AgentFailed:
-                    pass
+        _call_live_agents(run, run.testbed.clients, "client", "close_link", "link_stats", 30)
     finally:
         _remove_tc(run)
 
@@ -237,14 +241,7 @@ def _stop_heartbeats(run: "Runner") -> None:
 
 def stop_jamming(run: "Runner") -> None:
     try:
-        for n in run.testbed.jammers:
-            h = run.handles.get((n, "jammer"))
-            if h is not None and not h.dead.is_set():
-                try:
-                    res = h.call("stop", timeout=15)
-                    run.store.append_event("jammer_stopped", node=n, result=res)
-                except AgentFailed:
-                    pass
+        _call_live_agents(run, run.testbed.jammers, "jammer", "stop", "jammer_stopped", 15)
     finally:
         _stop_heartbeats(run)
         _remove_tc(run)  # teardown safety net: the runner's teardown always calls stop_jamming
