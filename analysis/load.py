@@ -2,7 +2,7 @@
 
 A run directory holds ``manifest.json``, ``trials.jsonl`` (one record per image,
 appended as measured) and, once the run finished, ``results.parquet`` (the same
-records, deduplicated and typed by :data:`analysis.schema.SCHEMA`). Loading
+records, deduplicated and typed by :data:`hilbed.analysis.schema.SCHEMA`). Loading
 prefers the Parquet file unless the JSONL is newer (a resumed run appended to
 it). The DataFrame uses pandas' nullable dtypes (``Int64``, ``Int32``,
 ``boolean``) so nanosecond timestamps stay exact even when some are null.

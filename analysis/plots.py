@@ -1,7 +1,7 @@
 """Figures of a report, each saved as PNG and SVG.
 
 Every function takes the records with latency columns (``with_latency``), the
-output directory and the :class:`~analysis.styles.StyleRegistry`, and returns
+output directory and the :class:`~hilbed.analysis.styles.StyleRegistry`, and returns
 a :class:`Figure`; a figure whose data is absent (one jamming level, one
 deadline, no timestamps) raises :class:`SkipPlot` with the reason, which the
 report shows as a note.

@@ -73,7 +73,7 @@ SCHEMA = pa.schema([pa.field(name, typ) for name, (typ, _) in FIELDS.items()])
 #: latency components (ms) that add up to end-to-end latency t_result - t_arrival
 LATENCY_COMPONENTS = ("encode", "transmit", "decode", "infer", "return")
 
-#: columns :func:`analysis.metrics.with_latency` derives from the timestamps (all in ms)
+#: columns :func:`hilbed.analysis.metrics.with_latency` derives from the timestamps (all in ms)
 DERIVED: dict[str, str] = {
     "encode_ms": "t_encode_end - t_arrival: waiting for the client, then encoding",
     "transmit_ms": "t_edge_close - t_encode_end: queue + transmit + propagation, up to END or the deadline",
@@ -94,7 +94,7 @@ def _cell(text: str) -> str:
 def schema_markdown() -> str:
     """The record schema as Markdown (``docs/record-schema.md`` is this text)."""
     head = (__doc__ or "").strip().split("\n", 2)[-1].strip()
-    rows = ["# The per-image record", "", "Generated from `analysis/schema.py` (`python -m analysis.schema > "
+    rows = ["# The per-image record", "", "Generated from `analysis/schema.py` (`python -m hilbed.analysis.schema > "
             "docs/record-schema.md`); do not edit by hand.", "", head, "",
             "Files: `trials.jsonl` holds one JSON object per line with these keys (a torn last line of a killed "
             "run is skipped; when a record was written twice the last one wins); `results.parquet` holds the same "
@@ -102,7 +102,7 @@ def schema_markdown() -> str:
             "## Fields", "", "| field | type | meaning |", "|---|---|---|"]
     rows += [f"| `{n}` | {t} | {_cell(d)} |" for n, (t, d) in FIELDS.items()]
     rows += ["", "## Derived latency columns (ms)", "",
-             "`analysis.metrics.with_latency(df)` adds these; the five components "
+             "`hilbed.analysis.metrics.with_latency(df)` adds these; the five components "
              f"({', '.join(LATENCY_COMPONENTS)}) add up to `e2e_ms`.", "",
              "| column | definition |", "|---|---|"]
     rows += [f"| `{n}` | {_cell(d)} |" for n, d in DERIVED.items()]

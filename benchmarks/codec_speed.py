@@ -102,7 +102,7 @@ def _round(fn, items) -> float:
 
 
 def bench(args) -> dict:
-    from nodes.codecs import make_codec
+    from hilbed.nodes.codecs import make_codec
     fams = [f for f in args.families.split(",") if f] if args.families else list(FAMILIES)
     variants: Variants = []
     for f in ["classic"] + [f for f in fams if f != "classic"]:
@@ -146,9 +146,9 @@ def bench(args) -> dict:
 
 def _images(dataset: str, size: int, n: int) -> list:
     if dataset == "synthetic":
-        from nodes.workload.synthetic import make_image
+        from hilbed.nodes.workload.synthetic import make_image
         return [make_image(i, "test", 0, size)[0] for i in range(n)]
-    from nodes.codecs.fit import load_images, open_dataset
+    from hilbed.nodes.codecs.fit import load_images, open_dataset
     x, _ = load_images(open_dataset(dataset, size, "test", n), n, 0)
     return list(x)
 

@@ -2,7 +2,7 @@
 
 For each trace -- the Mahimahi traces in ../shared/data/traces/mahimahi (when
 present) and generated LoRa SF7 and LTE-M traces -- a generator keeps the
-:class:`~nodes.link.shaper.TraceShaper` queue non-empty for ``--duration-s``
+:class:`~hilbed.nodes.link.shaper.TraceShaper` queue non-empty for ``--duration-s``
 of the trace, and the benchmark measures:
 
 - delivered bytes per 1 s window (by actual release time, minus the fixed
@@ -31,10 +31,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from nodes.link.gen import gen_lora, gen_ltem  # noqa: E402
-from nodes.link.mahimahi import load_mahimahi_schedule, write_mahimahi  # noqa: E402
-from nodes.link.schedule import OpportunitySchedule  # noqa: E402
-from nodes.link.shaper import TraceShaper, UdpShaperProxy  # noqa: E402
+from hilbed.nodes.link.gen import gen_lora, gen_ltem  # noqa: E402
+from hilbed.nodes.link.mahimahi import load_mahimahi_schedule, write_mahimahi  # noqa: E402
+from hilbed.nodes.link.schedule import OpportunitySchedule  # noqa: E402
+from hilbed.nodes.link.shaper import TraceShaper, UdpShaperProxy  # noqa: E402
 
 SHARED_TRACES = REPO.parent / "shared" / "data" / "traces" / "mahimahi"
 

@@ -57,10 +57,10 @@ from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from firmware_bridge import phy, wuart  # noqa: E402
-from firmware_bridge.emulator import EmulatorProcess  # noqa: E402
-from firmware_bridge.message import FRAGMENT_PAYLOAD, MessageReceiver, MessageSender  # noqa: E402
-from firmware_bridge.radio import SpinelRadio, open_radio  # noqa: E402
+from hilbed.firmware_bridge import phy, wuart  # noqa: E402
+from hilbed.firmware_bridge.emulator import EmulatorProcess  # noqa: E402
+from hilbed.firmware_bridge.message import FRAGMENT_PAYLOAD, MessageReceiver, MessageSender  # noqa: E402
+from hilbed.firmware_bridge.radio import SpinelRadio, open_radio  # noqa: E402
 
 log = logging.getLogger("radio_goodput")
 

@@ -31,8 +31,8 @@ def main() -> None:
     ap.add_argument("--link", default="direct", choices=["direct", "trace"])
     args = ap.parse_args()
 
-    from analysis.load import read_jsonl
-    from orchestrator.runner import Runner
+    from hilbed.analysis.load import read_jsonl
+    from hilbed.orchestrator.runner import Runner
 
     qualities = [5 + (90 * i) // max(1, args.trials - 1) for i in range(args.trials)]
     link = "{kind: direct}" if args.link == "direct" else "{kind: trace, rate_kbps: 10000}"

@@ -12,7 +12,7 @@ logic on the host.  Layers, bottom up:
 * ``message``: deadline-bounded, chunked message transport with per-chunk
   delivery times;
 * ``emulator``: pty-based emulation of both firmwares with a shared,
-  jammable medium (``python -m firmware_bridge.emulator``).
+  jammable medium (``python -m hilbed.firmware_bridge.emulator``).
 """
 
 from importlib import import_module

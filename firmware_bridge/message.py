@@ -30,7 +30,7 @@ On a Spinel radio every fragment is one 802.15.4 data frame::
 
 127-byte PSDU - 9 MHR - 2 FCS = 116 bytes MAC payload, minus 6 = 110 bytes of
 application data per frame.  On a Wireless-UART radio the same events are
-carried by the byte-stream framing of :mod:`firmware_bridge.wuart`; the
+carried by the byte-stream framing of :mod:`hilbed.firmware_bridge.wuart`; the
 firmware handles ACKs/retries itself, so the sender's chunk times mean
 "handed to the radio's UART" and retries/CCA failures are not observable.
 """

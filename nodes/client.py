@@ -1,4 +1,4 @@
-"""Client agent: ``python -m nodes.client`` (a Raspberry Pi in the real lab).
+"""Client agent: ``python -m hilbed.nodes.client`` (a Raspberry Pi in the real lab).
 
 Plays an image stream: image k arrives at ``start + k * period``; each is
 encoded, sent over the link until done or its deadline, and its reply is

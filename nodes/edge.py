@@ -1,4 +1,4 @@
-"""Edge server agent: ``python -m nodes.edge``.
+"""Edge server agent: ``python -m hilbed.nodes.edge``.
 
 Loads the target model (CUDA when present, else CPU), accepts client
 connections on TCP, reassembles each image's chunks, and at END or at the
@@ -117,7 +117,7 @@ class EdgeAgent(Agent):
     def op_open_radio(self, protocol: str, port: str, baud: int | None = None, rtscts: bool | None = None,
                       channel: int = 15, tx_power_dbm: int = 0, pan_id: int = 0xABCD, short_addr: int = 0x0100) -> dict:
         """Listen for image data on the edge's own radio (the ``radio`` link kind)."""
-        from firmware_bridge import MessageReceiver, open_radio
+        from hilbed.firmware_bridge import MessageReceiver, open_radio
         self.op_close_radio()
         radio = open_radio(protocol, port, baud=baud, rtscts=rtscts)
         facts = {"protocol": protocol, "port": port}

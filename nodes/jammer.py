@@ -1,4 +1,4 @@
-"""Jammer agent: ``python -m nodes.jammer`` (a Raspberry Pi 3B making 2.4 GHz Wi-Fi traffic).
+"""Jammer agent: ``python -m hilbed.nodes.jammer`` (a Raspberry Pi 3B making 2.4 GHz Wi-Fi traffic).
 
 A jamming level is real ``iperf3`` UDP traffic: total bitrate, datagram
 length, parallel streams and an optional on/off duty pattern. The agent runs
@@ -6,7 +6,7 @@ iperf3 with ``--json`` in short segments (1 s, or one on-period), each its
 own client process, so it measures the load it actually achieved (bytes the
 receiver got over the wall time, start-up gaps included), emits one
 ``jammer_load`` event per second into the run, and publishes the load to the
-emulated medium (:mod:`nodes.link.medium`) -- ``load`` = measured Mbit/s over
+emulated medium (:mod:`hilbed.nodes.link.medium`) -- ``load`` = measured Mbit/s over
 a nominal 20 Mbit/s 802.11g channel. On the embedded testbed the iperf3
 server runs on loopback; in a lab, ``target`` names the host that runs
 ``iperf3 -s`` across the Wi-Fi.

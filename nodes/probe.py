@@ -1,4 +1,4 @@
-"""Probe agent for ``hilbed check``: ``python -m nodes.probe`` on a node.
+"""Probe agent for ``hilbed check``: ``python -m hilbed.nodes.probe`` on a node.
 
 Speaks the normal agent protocol (so the clock probe is the same NTP-style
 exchange the runner uses) and answers one ``check`` op with the node's facts:
@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from nodes.agent import Agent, run_agent
+from hilbed.nodes.agent import Agent, run_agent
 
 SERIAL_FIXES = {
     errno.ENOENT: "plug the board in and check the path (ls -l /dev/serial/by-id/)",

@@ -110,7 +110,7 @@ def check_node(node: str, cfg: Any, t: Transport | None, *, clock: bool = True, 
     """Check one node; never raises (problems become failed items).
 
     ``reach``: the result (or exception) of ``uname -n`` run on the node already, e.g. by
-    :func:`orchestrator.ssh.group_run` for many nodes at once.
+    :func:`hilbed.orchestrator.ssh.group_run` for many nodes at once.
     """
     t0 = time.monotonic()
     tkind = cfg.transport.kind
@@ -148,7 +148,7 @@ def check_node(node: str, cfg: Any, t: Transport | None, *, clock: bool = True, 
     handle = None
     logs = Path(log_dir) if log_dir else Path(tempfile.gettempdir())
     try:
-        proc = t.start_agent("nodes.probe", [], logs / f"{node}-probe.log")
+        proc = t.start_agent("hilbed.nodes.probe", [], logs / f"{node}-probe.log")
         handle = AgentHandle(node, "probe", proc)
         handle.wait_ready(60)
         facts = handle.call("check", timeout=120, workdir=wd, serial=radio.port if radio else None,

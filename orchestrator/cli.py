@@ -139,7 +139,7 @@ def _extra_commands():
     """Sub-commands contributed by other modules (trace tools, ssh, fit, ...)."""
     out = []
     import importlib
-    for mod in ("orchestrator.cli_trace", "orchestrator.cli_lab", "orchestrator.cli_codecs", "orchestrator.cli_analysis"):
+    for mod in ("hilbed.orchestrator.cli_trace", "hilbed.orchestrator.cli_lab", "hilbed.orchestrator.cli_codecs", "hilbed.orchestrator.cli_analysis"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as exc:

@@ -28,7 +28,7 @@ def _console():
 # ---------------------------------------------------------------- report ---
 
 def cmd_report(args) -> int:
-    from analysis.report import build_report
+    from hilbed.analysis.report import build_report
     bad = _bad_runs(args.runs)
     if bad:
         print(bad, file=sys.stderr)
@@ -49,7 +49,7 @@ def cmd_report(args) -> int:
 def cmd_compare(args) -> int:
     from rich.table import Table
 
-    from analysis.compare import compare_runs, fmt_delta
+    from hilbed.analysis.compare import compare_runs, fmt_delta
     bad = _bad_runs([args.base, args.run])
     if bad:
         print(bad, file=sys.stderr)

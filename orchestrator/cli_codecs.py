@@ -1,6 +1,6 @@
 """``hilbed fit FAMILY ...`` and ``hilbed eval-codecs ...``.
 
-``fit`` discovers families through :data:`nodes.codecs.LAZY_CODECS`: a codec
+``fit`` discovers families through :data:`hilbed.nodes.codecs.LAZY_CODECS`: a codec
 module that defines ``fit_cli(parser)`` and ``fit_main(args, store)`` is a
 family (see docs/codecs.md). The family's module is imported only when it is
 asked for, so ``hilbed`` stays quick and torch-free for other commands.
@@ -54,7 +54,7 @@ def _progress_cb(con, quiet: bool):
 # ------------------------------------------------------------------ fit ---
 
 def cmd_fit(args) -> int:
-    from nodes.codecs.fit import fit_families, fit_module
+    from hilbed.nodes.codecs.fit import fit_families, fit_module
     fams = fit_families()
     if args.family not in fams:
         print(f"hilbed fit: unknown family {args.family!r} (allowed: {', '.join(sorted(fams))})", file=sys.stderr)
@@ -71,7 +71,7 @@ def cmd_fit(args) -> int:
     fa = inner.parse_args(args.rest)
     if fa.store:
         os.environ["HILBED_ARTIFACTS"] = str(Path(fa.store).resolve())
-    from nodes.codecs.artifacts import ArtifactStore
+    from hilbed.nodes.codecs.artifacts import ArtifactStore
     store = ArtifactStore()
     con = _console()
     prog, cb = _progress_cb(con, fa.json)
@@ -111,10 +111,10 @@ def cmd_fit(args) -> int:
 # ---------------------------------------------------------- eval-codecs ---
 
 def cmd_eval(args) -> int:
-    from nodes.codecs import codec_class
-    from nodes.codecs.evaluate import (compare_to_reference, evaluate_prefixes, evaluate_variant, parse_variants,
+    from hilbed.nodes.codecs import codec_class
+    from hilbed.nodes.codecs.evaluate import (compare_to_reference, evaluate_prefixes, evaluate_variant, parse_variants,
                                        write_outputs)
-    from nodes.codecs.fit import dataset_spec, load_images, load_target, open_dataset
+    from hilbed.nodes.codecs.fit import dataset_spec, load_images, load_target, open_dataset
     if args.store:
         os.environ["HILBED_ARTIFACTS"] = str(Path(args.store).resolve())
     con = _console()
@@ -155,7 +155,7 @@ def cmd_eval(args) -> int:
                 if args.prefixes and codec_class(v.codec).progressive:
                     rows += evaluate_prefixes(v, x, y, model, args.batch)
             except Exception as exc:  # one broken variant must not lose the others
-                from nodes.codecs import CodecParamsError
+                from hilbed.nodes.codecs import CodecParamsError
                 if not isinstance(exc, (CodecParamsError, FileNotFoundError, ValueError)):
                     raise
                 con.print(f"[red]{v.label}: {exc}[/red]")
@@ -192,7 +192,7 @@ def cmd_eval(args) -> int:
 
 
 def register(sub) -> None:
-    from nodes.codecs.fit import fit_families
+    from hilbed.nodes.codecs.fit import fit_families
     fams = sorted(fit_families())
     f = sub.add_parser("fit", help="fit a codec's artifacts (tables, weights, agents) for a dataset and model",
                        description="Fit codec artifacts into the content-hashed artifact store and print their ids. "

@@ -19,7 +19,7 @@ def _fmt_rate(kbps: float) -> str:
 
 
 def _report(args):
-    from nodes.link.lint import analyze
+    from hilbed.nodes.link.lint import analyze
     try:
         return analyze(args.file, opportunity_bytes=args.opportunity_bytes, deadline_ms=args.deadline_ms,
                        kind=args.kind)
@@ -75,9 +75,9 @@ def cmd_lint(args) -> int:
 
 
 def cmd_gen(args) -> int:
-    from nodes.link import gen
-    from nodes.link.mahimahi import write_mahimahi
-    from nodes.link.traces import write_csv_rates
+    from hilbed.nodes.link import gen
+    from hilbed.nodes.link.mahimahi import write_mahimahi
+    from hilbed.nodes.link.traces import write_csv_rates
     try:
         if args.kind == "lora":
             cr = args.cr

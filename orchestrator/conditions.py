@@ -108,10 +108,10 @@ def _ip_or_none(addr: str | None) -> str | None:
 
 
 def _apply_tc(run: "Runner", cond, spec: dict, edge_addr: str) -> None:
-    from nodes.link import schedules_for_spec
-    from nodes.link.schedule import ConstantRate
-    from nodes.link.tc import TcError, TcShaper
-    from nodes.link.traces import TraceError
+    from hilbed.nodes.link import schedules_for_spec
+    from hilbed.nodes.link.schedule import ConstantRate
+    from hilbed.nodes.link.tc import TcError, TcShaper
+    from hilbed.nodes.link.traces import TraceError
 
     try:
         up, down = schedules_for_spec(spec)

@@ -2,7 +2,7 @@
 
 Every model forbids unknown keys; :func:`load_testbed` and
 :func:`load_scenario` turn the first validation problem into a
-:class:`~orchestrator.yamlsrc.ConfigError` that names ``file:line``, the field
+:class:`~hilbed.orchestrator.yamlsrc.ConfigError` that names ``file:line``, the field
 and what is allowed, so the CLI can print one line and exit 2.
 """
 
@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from nodes.codecs import CodecParamsError, all_codec_names, explicit_params, validate_codec_params
+from hilbed.nodes.codecs import CodecParamsError, all_codec_names, explicit_params, validate_codec_params
 from .yamlsrc import ConfigError, Located, dotted, load_located
 
 ROLES = ("client", "edge", "jammer")

@@ -30,7 +30,7 @@ import zipfile
 MARKER = "provision.json"
 VERIFY = (
     "import json, sys, importlib.metadata as m, importlib.util as u\n"
-    "import nodes, orchestrator\n"
+    "import hilbed.nodes as nodes, hilbed.orchestrator\n"
     "mk = None\n"
     "try:\n"
     "    mk = json.load(open(sys.argv[1]))\n"

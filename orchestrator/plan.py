@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from nodes.codecs import explicit_params
+from hilbed.nodes.codecs import explicit_params
 
 from .config import CodecCfg, ConditionCfg, ScenarioCfg, TestbedCfg
 

@@ -37,8 +37,8 @@ from typing import Any, Callable, Iterable
 
 from .transport import REPO_ROOT, Transport
 
-SOURCE_DIRS = ("orchestrator", "firmware_bridge", "nodes", "analysis")
-SOURCE_FILES = ("pyproject.toml", "README.md")
+SOURCE_DIRS = ("hilbed", "orchestrator", "firmware_bridge", "nodes", "analysis")
+SOURCE_FILES = ("pyproject.toml", "setup.py", "README.md")
 ROLE_EXTRAS = {"client": "client", "edge": "edge", "jammer": "jammer"}
 #: requirement name -> import name, where they differ
 IMPORT_NAMES = {"pillow": "PIL", "pyserial": "serial", "pyyaml": "yaml", "scikit-learn": "sklearn"}
@@ -50,7 +50,7 @@ class ProvisionError(RuntimeError):
 
 
 def cache_root() -> Path:
-    from nodes.paths import cache_dir
+    from hilbed.nodes.paths import cache_dir
     return cache_dir()
 
 
@@ -186,7 +186,7 @@ def scenario_assets(scenario_paths: Iterable[str | Path]) -> list[Asset]:
     """Trace files a scenario names and codec artifacts its codec params refer to."""
     from .config import load_scenario
     try:
-        from nodes.codecs.artifacts import default_root
+        from hilbed.nodes.codecs.artifacts import default_root
         art_root = default_root()
     except ImportError:
         art_root = cache_root() / "artifacts"

@@ -1,18 +1,18 @@
 """pytest plugin: write your own hardware-in-the-loop tests against a hilbed testbed.
 
-Enable it with ``-p orchestrator.pytest_plugin`` (or the ``pytest11`` entry
+Enable it with ``-p hilbed.orchestrator.pytest_plugin`` (or the ``pytest11`` entry
 point) and point it at a testbed::
 
     pytest --hilbed-testbed lab-testbed.yaml tests/hil/
 
 Fixtures (all skip the test when no testbed was given):
 
-- ``hilbed_testbed``: the parsed testbed (:class:`orchestrator.config.TestbedCfg`);
+- ``hilbed_testbed``: the parsed testbed (:class:`hilbed.orchestrator.config.TestbedCfg`);
 - ``hilbed_testbed_path``: its file;
 - ``hilbed_nodes``: node name -> :class:`NodeCfg`;
 - ``hilbed_radios``: node name -> :class:`RadioCfg` for nodes with a radio;
 - ``hilbed_run``: ``hilbed_run(scenario_path_or_dict, **overrides)`` replays a
-  scenario with :class:`orchestrator.runner.Runner` and returns a
+  scenario with :class:`hilbed.orchestrator.runner.Runner` and returns a
   :class:`HilbedResult` (run directory, records DataFrame, summary).
 
 A marker skips tests the testbed cannot serve, like labgrid's ``lg_feature``::
@@ -134,7 +134,7 @@ class HilbedResult:
 
     @property
     def manifest(self) -> dict:
-        from analysis.load import load_manifest
+        from hilbed.analysis.load import load_manifest
         return load_manifest(self.run_dir)
 
     def cell(self, codec_label: str, condition: str):
@@ -193,8 +193,8 @@ def hilbed_run(hilbed_testbed, hilbed_testbed_path, pytestconfig, tmp_path_facto
             spath = Path(scenario)
         runner = Runner(hilbed_testbed_path, spath, results_dir=out_dir, quiet=True, make_report=report)
         outcome = runner.execute()
-        from analysis.load import load_run
-        from analysis.metrics import summary
+        from hilbed.analysis.load import load_run
+        from hilbed.analysis.metrics import summary
         df = load_run(outcome.run_dir)
         res = HilbedResult(outcome.run_dir, outcome, df, summary(df) if len(df) else None)
         if outcome.state != "complete":

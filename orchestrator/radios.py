@@ -45,7 +45,7 @@ class RadioBench:
             protocols = {radios[n].protocol for n in emulated}
             if len(protocols) > 1:
                 raise RadioSetupError(f"emulated radios must share one protocol (got {', '.join(sorted(protocols))})")
-            from firmware_bridge.emulator import EmulatorProcess
+            from hilbed.firmware_bridge.emulator import EmulatorProcess
             bauds = {radios[n].baud for n in emulated if radios[n].baud}
             self.emulator = EmulatorProcess(protocols.pop(), len(emulated), baud=max(bauds) if bauds else None,
                                             medium_file=self.medium_file, seed=self.seed)

@@ -35,7 +35,7 @@ from .transport import REPO_ROOT, AgentFailed, AgentHandle, LocalTransport, Tran
 
 #: lead time between asking clients to start a trial and the first image's arrival
 START_MARGIN_NS = 30_000_000
-AGENT_MODULES = {"client": "nodes.client", "edge": "nodes.edge", "jammer": "nodes.jammer"}
+AGENT_MODULES = {"client": "hilbed.nodes.client", "edge": "hilbed.nodes.edge", "jammer": "hilbed.nodes.jammer"}
 
 
 
@@ -171,7 +171,7 @@ class Runner:
         roles_needed = {"client", "edge"}
         if any(c.jamming != "none" or c.jamming_schedule for c in self.scenario.conditions) and self.testbed.jammers:
             if importlib.util.find_spec(AGENT_MODULES["jammer"]) is None:
-                raise RunError("the scenario jams but this hilbed has no jammer agent (nodes.jammer)")
+                raise RunError("the scenario jams but this hilbed has no jammer agent (hilbed.nodes.jammer)")
             roles_needed.add("jammer")
         for node, cfg in self.testbed.nodes.items():
             if node not in self.transports:
@@ -383,7 +383,7 @@ class Runner:
                                            device=edge_cfg.device, size=self.scenario.workload.image_size)
         local = all(c.transport.kind == "local" for c in self.testbed.nodes.values())
         if local:  # codecs that fit on first use (GRACE, AutoJPEG, AdaCompress) fit now, not inside a trial
-            from nodes.codecs import codec_class
+            from hilbed.nodes.codecs import codec_class
             for cc in self.scenario.codecs:
                 prep = getattr(codec_class(cc.codec), "prepare", None)
                 if callable(prep):
@@ -460,15 +460,15 @@ class Runner:
         self.handles.clear()
 
     def _finish(self, state: str, wall_s: float) -> RunOutcome:
-        from analysis.load import dedup, read_jsonl, write_parquet
-        from analysis.metrics import summary
+        from hilbed.analysis.load import dedup, read_jsonl, write_parquet
+        from hilbed.analysis.metrics import summary
         records = dedup(read_jsonl(self.store.trials_path))
         write_parquet(records, self.store.root / "results.parquet")
         report = None
         summ = None
         if self.make_report:
-            from analysis.load import load_run
-            from analysis.report import build_report
+            from hilbed.analysis.load import load_run
+            from hilbed.analysis.report import build_report
             report = build_report([self.store.root])
             df = load_run(self.store.root)
             summ = summary(df) if len(df) else None

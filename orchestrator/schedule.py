@@ -4,7 +4,7 @@
 baseline run, writes the schedule to ``<state>/<NAME>/schedule.json`` and
 installs a timer that calls ``hilbed schedule run NAME``. Each run replays the
 scenario into ``<state>/<NAME>/runs/``, compares it with the pinned baseline
-(:func:`analysis.compare.compare_runs`), appends one line to
+(:func:`hilbed.analysis.compare.compare_runs`), appends one line to
 ``history.jsonl`` and points the ``latest`` symlink at the newest report
 (``latest-run`` at the newest run directory).
 
@@ -131,7 +131,7 @@ class Schedule:
         return Path(self.state_dir) / self.name
 
     def command(self) -> list[str]:
-        return [self.python, "-m", "orchestrator.cli", "schedule", "run", self.name, "--state-dir", self.state_dir]
+        return [self.python, "-m", "hilbed.orchestrator.cli", "schedule", "run", self.name, "--state-dir", self.state_dir]
 
 
 def load_schedule(name: str, state_dir: str | Path | None = None) -> Schedule:
@@ -371,9 +371,9 @@ def _append(path: Path, entry: dict) -> None:
 def run_scheduled(name: str, state_dir: str | Path | None = None,
                   execute: Callable[[Schedule, Path], Path] | None = None) -> tuple[int, dict]:
     """One scheduled run: replay, report, compare with the pinned baseline, record. Returns (exit status, entry)."""
-    from analysis.compare import compare_runs
-    from analysis.load import load_manifest
-    from analysis.report import build_report
+    from hilbed.analysis.compare import compare_runs
+    from hilbed.analysis.load import load_manifest
+    from hilbed.analysis.report import build_report
 
     s = load_schedule(name, state_dir)
     runs = s.dir / "runs"

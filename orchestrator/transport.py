@@ -1,7 +1,7 @@
 """How the controller reaches a node: run commands, copy files, start agents.
 
 ``LocalTransport`` uses subprocesses on this machine (the embedded testbed);
-``SSHTransport`` (orchestrator.ssh) does the same over SSH. Agents are driven
+``SSHTransport`` (hilbed.orchestrator.ssh) does the same over SSH. Agents are driven
 through :class:`AgentHandle`, which only needs a byte stream in each
 direction, so local and remote agents behave the same.
 """

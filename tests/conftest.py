@@ -38,5 +38,5 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_model():
     """The default model (trained on first use, then cached)."""
-    from nodes.workload.models import load_model
+    from hilbed.nodes.workload.models import load_model
     return load_model("synthetic-cnn", "cpu", 32)

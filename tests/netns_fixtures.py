@@ -37,7 +37,7 @@ def write_scenario(path: Path, name: str = "netns-smoke", images: int = 5, perio
 
 def runner_has_lab_hooks() -> bool:
     """True once orchestrator/runner.py carries the preflight + reconnect patch."""
-    from orchestrator import runner
+    from hilbed.orchestrator import runner
     src = inspect.getsource(runner)
     return "preflight(" in src and "Recovery(" in src
 
@@ -49,7 +49,7 @@ requires_runner_hooks = pytest.mark.skipif(
 
 @pytest.fixture(scope="session")
 def netns_ok() -> None:
-    from orchestrator.netns_lab import unavailable_reason
+    from hilbed.orchestrator.netns_lab import unavailable_reason
     why = unavailable_reason()
     if why:
         pytest.skip(why)
@@ -58,7 +58,7 @@ def netns_ok() -> None:
 @pytest.fixture(scope="session")
 def netns_lab(netns_ok, tmp_path_factory):
     """Three SSH hosts (edge, client-1, jammer) for the whole session; removed at the end."""
-    from orchestrator.netns_lab import NetnsLab
+    from hilbed.orchestrator.netns_lab import NetnsLab
     pid = os.getpid()
     lab = NetnsLab(3, name=f"ht{pid % 10000}", subnet=100 + pid % 150)
     lab.up()
@@ -75,8 +75,8 @@ def lab_testbed(netns_lab, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def provisioned_lab(netns_lab, lab_testbed):
     """The lab with every host provisioned once (cold); returns (lab, testbed path, first report)."""
-    from orchestrator.config import load_testbed
-    from orchestrator.provision import provision
+    from hilbed.orchestrator.config import load_testbed
+    from hilbed.orchestrator.provision import provision
     rep = provision(load_testbed(lab_testbed))
     assert rep.ok, {n: r.error for n, r in rep.results.items()}
     return netns_lab, lab_testbed, rep
@@ -85,8 +85,8 @@ def provisioned_lab(netns_lab, lab_testbed):
 @pytest.fixture
 def lab_transports(provisioned_lab):
     """SSH transports to every lab host, closed after the test."""
-    from orchestrator.config import load_testbed
-    from orchestrator.ssh import SSHTransport
+    from hilbed.orchestrator.config import load_testbed
+    from hilbed.orchestrator.ssh import SSHTransport
     _, tb_path, _ = provisioned_lab
     tb = load_testbed(tb_path)
     trs = {n: SSHTransport(n, c.transport) for n, c in tb.nodes.items()}

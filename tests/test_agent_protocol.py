@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from orchestrator.transport import AgentFailed, AgentHandle, LocalTransport, clock_probe
+from hilbed.orchestrator.transport import AgentFailed, AgentHandle, LocalTransport, clock_probe
 
 
 def _alive(pid: int) -> bool:
@@ -39,7 +39,7 @@ def _wait_dead(pid: int, timeout: float) -> bool:
 def test_request_reply_events_and_errors(tmp_path):
     tr = LocalTransport("n")
     events = []
-    h = AgentHandle("n", "client", tr.start_agent("nodes.client", [], tmp_path / "c.log"),
+    h = AgentHandle("n", "client", tr.start_agent("hilbed.nodes.client", [], tmp_path / "c.log"),
                     lambda node, role, ev: events.append(ev))
     try:
         h.wait_ready(30)
@@ -62,7 +62,7 @@ def test_request_reply_events_and_errors(tmp_path):
 
 def test_agent_exits_when_stdin_closes(tmp_path):
     tr = LocalTransport("n")
-    h = AgentHandle("n", "edge", tr.start_agent("nodes.edge", [], tmp_path / "e.log"))
+    h = AgentHandle("n", "edge", tr.start_agent("hilbed.nodes.edge", [], tmp_path / "e.log"))
     h.wait_ready(30)
     port = h.call("listen")["port"]
     assert port > 0
@@ -78,7 +78,7 @@ def test_agents_exit_when_controller_is_killed(tmp_path):
     script.write_text(textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from orchestrator.transport import LocalTransport, AgentHandle
+        from hilbed.orchestrator.transport import LocalTransport, AgentHandle
         tr = LocalTransport("n")
         hs = [AgentHandle("n", m, tr.start_agent("nodes." + m, [], Path({str(tmp_path)!r}) / (m + ".log")))
               for m in ("client", "edge")]

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from analysis.load import NotARunDir, load_manifest, load_run, load_runs, read_jsonl, write_parquet
-from analysis.schema import FIELDS, schema_markdown
+from hilbed.analysis.load import NotARunDir, load_manifest, load_run, load_runs, read_jsonl, write_parquet
+from hilbed.analysis.schema import FIELDS, schema_markdown
 
 TINY = Path(__file__).parent / "data" / "analysis" / "tiny-run"
 REPO = Path(__file__).resolve().parent.parent
@@ -74,6 +74,6 @@ def test_many_runs_and_bad_dirs(tmp_path):
 
 def test_schema_doc_is_generated_from_fields():
     doc = (REPO / "docs" / "record-schema.md").read_text(encoding="utf-8")
-    assert doc == schema_markdown(), "regenerate: python -m analysis.schema > docs/record-schema.md"
+    assert doc == schema_markdown(), "regenerate: python -m hilbed.analysis.schema > docs/record-schema.md"
     for name in FIELDS:
         assert f"| `{name}` |" in doc

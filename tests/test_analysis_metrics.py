@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.load import load_run
-from analysis.metrics import latency_table, summary, throughput_series, with_latency
-from analysis.stats import bootstrap_ci, newcombe_diff, paired_diff, percentile_stat, wilson
+from hilbed.analysis.load import load_run
+from hilbed.analysis.metrics import latency_table, summary, throughput_series, with_latency
+from hilbed.analysis.stats import bootstrap_ci, newcombe_diff, paired_diff, percentile_stat, wilson
 
 TINY = Path(__file__).parent / "data" / "analysis" / "tiny-run"
 
@@ -121,11 +121,11 @@ def test_throughput_series_spreads_bytes_over_link_time():
 
 def test_summary_columns_are_documented():
     doc = (Path(__file__).resolve().parent.parent / "docs" / "analysis.md").read_text(encoding="utf-8")
-    from analysis.metrics import SUMMARY_COLUMNS
+    from hilbed.analysis.metrics import SUMMARY_COLUMNS
     for col, meaning in SUMMARY_COLUMNS.items():
         assert f"| `{col}` | {meaning} |" in doc, col
     s = summary(load_run(TINY))
-    from analysis.schema import LATENCY_COMPONENTS
+    from hilbed.analysis.schema import LATENCY_COMPONENTS
     expected = {c for c in SUMMARY_COLUMNS if not c.startswith("<")}
     expected |= {f"{c}_p{q}_ms" for c in LATENCY_COMPONENTS for q in (50, 95)}
     assert set(s.columns) == {"codec_label", "condition"} | expected

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis.report import build_report
-from orchestrator import schedule as sch
-from orchestrator.cli import main
+from hilbed.analysis.report import build_report
+from hilbed.orchestrator import schedule as sch
+from hilbed.orchestrator.cli import main
 
 DATA = Path(__file__).parent / "data" / "analysis"
 REPO = Path(__file__).resolve().parent.parent
@@ -77,7 +77,7 @@ def test_systemd_install_list_remove(env, capsys):
     timer = (t / "units" / "hilbed-nightly.timer").read_text()
     service = (t / "units" / "hilbed-nightly.service").read_text()
     assert "OnCalendar=*-*-* 04:30:00" in timer and "Persistent=true" in timer and "WantedBy=timers.target" in timer
-    assert f"ExecStart={sys.executable} -m orchestrator.cli schedule run nightly --state-dir {t / 'state'}" in service
+    assert f"ExecStart={sys.executable} -m hilbed.orchestrator.cli schedule run nightly --state-dir {t / 'state'}" in service
     assert "Type=oneshot" in service and f"Environment=HILBED_SCHEDULE_DIR={t / 'state'}" in service
     log = (t / "systemctl.log").read_text().splitlines()
     assert log == ["--user daemon-reload", "--user enable --now hilbed-nightly.timer"]
@@ -104,7 +104,7 @@ def test_cron_install_keeps_other_entries(env):
     lines = (t / "crontab.txt").read_text().splitlines()
     assert lines[:2] == ["MAILTO=lab@example.org", "15 1 * * * /usr/bin/backup"]
     (ours,) = [ln for ln in lines if "hilbed-schedule:nightly" in ln]
-    assert ours.startswith("0 2 * * * cd ") and "-m orchestrator.cli schedule run nightly" in ours
+    assert ours.startswith("0 2 * * * cd ") and "-m hilbed.orchestrator.cli schedule run nightly" in ours
     assert ours.endswith("# hilbed-schedule:nightly") and "cron.log" in ours
     assert sch.list_schedules()[0]["installed"]
     sch.remove("nightly", purge=True)

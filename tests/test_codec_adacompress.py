@@ -10,12 +10,12 @@ import textwrap
 import numpy as np
 import pytest
 
-from nodes.codecs import make_codec
-from nodes.codecs.adacompress import (
+from hilbed.nodes.codecs import make_codec
+from hilbed.nodes.codecs.adacompress import (
     N_FEATURES, QUALITIES, REF_QUALITY, Agent, Hyper, Learner, OfflineEnv, QNet, extract_features, pretrain, reward,
 )
-from nodes.codecs.artifacts import ArtifactStore
-from nodes.workload.synthetic import make_image
+from hilbed.nodes.codecs.artifacts import ArtifactStore
+from hilbed.nodes.workload.synthetic import make_image
 
 
 def test_actions_reward_and_table1_defaults():
@@ -206,8 +206,8 @@ def test_client_side_needs_no_torch(agent_artifact, tmp_path):
         sys.modules["torch"] = None  # any torch import fails
         import os
         os.environ["HILBED_ARTIFACTS"] = {str(agent_artifact.path.parent)!r}
-        from nodes.codecs import make_codec
-        from nodes.workload.synthetic import make_image
+        from hilbed.nodes.codecs import make_codec
+        from hilbed.nodes.workload.synthetic import make_image
         img = make_image(0, "test", 0, 32)[0]
         c = make_codec("adacompress", {{"artifact": {agent_artifact.id!r}, "p0": 1.0}})
         e = c.encode(img)
@@ -224,7 +224,7 @@ def test_pretraining_on_the_synthetic_default(tmp_path, monkeypatch, synthetic_m
     """The auto pre-training path (what a scenario without an artifact runs), within a minute."""
     import time
     monkeypatch.setenv("HILBED_ARTIFACTS", str(tmp_path))
-    import nodes.codecs.adacompress as A
+    import hilbed.nodes.codecs.adacompress as A
     monkeypatch.setattr(A, "AUTO_IMAGES", 128)
     monkeypatch.setattr(A, "AUTO_STEPS", 600)
     t0 = time.monotonic()

@@ -9,13 +9,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from nodes.codecs import make_codec  # noqa: E402
-from nodes.codecs.artifacts import ArtifactStore  # noqa: E402
-from nodes.codecs.autojpeg import (  # noqa: E402
+from hilbed.nodes.codecs import make_codec  # noqa: E402
+from hilbed.nodes.codecs.artifacts import ArtifactStore  # noqa: E402
+from hilbed.nodes.codecs.autojpeg import (  # noqa: E402
     colour_matrix_t, diff_jpeg, estimate_bits, estimate_bits_np, fit_autojpeg, fit_constraint, smooth_round,
 )
-from nodes.codecs.jpeg_tables import BT601, ColourTransform, JpegProfile, ijg_quality_tables  # noqa: E402
-from nodes.workload.synthetic import make_image  # noqa: E402
+from hilbed.nodes.codecs.jpeg_tables import BT601, ColourTransform, JpegProfile, ijg_quality_tables  # noqa: E402
+from hilbed.nodes.workload.synthetic import make_image  # noqa: E402
 
 
 def test_smooth_round_forward_exact_backward_tanh_t5():
@@ -74,7 +74,7 @@ def test_differentiable_jpeg_matches_the_real_codec():
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, synthetic_model):
-    from nodes.codecs import fit as F
+    from hilbed.nodes.codecs import fit as F
     F.set_threads(1)
     root = tmp_path_factory.mktemp("autojpeg-store")
     store = ArtifactStore(root)

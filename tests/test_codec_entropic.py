@@ -14,13 +14,13 @@ import pytest
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-from nodes.codecs import CodecParamsError, make_codec
-from nodes.codecs.artifacts import ArtifactStore
+from hilbed.nodes.codecs import CodecParamsError, make_codec
+from hilbed.nodes.codecs.artifacts import ArtifactStore
 
 # ------------------------------------------------------------------ KD ---
 
 def test_kd_loss_matches_its_definition():
-    from nodes.codecs.neural_common import kd_loss
+    from hilbed.nodes.codecs.neural_common import kd_loss
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(16, 10, generator=g), torch.randn(16, 10, generator=g)
     y = torch.randint(0, 10, (16,), generator=g)
@@ -43,8 +43,8 @@ def test_kd_loss_matches_its_definition():
 
 
 def test_teacher_split_points_reproduce_the_forward_pass():
-    from nodes.codecs.neural_common import ResNetTail, Teacher
-    from nodes.workload.models import CifarResNet
+    from hilbed.nodes.codecs.neural_common import ResNetTail, Teacher
+    from hilbed.nodes.workload.models import CifarResNet
     torch.manual_seed(0)
     net = CifarResNet(1).eval()
     teacher = Teacher(net)
@@ -65,7 +65,7 @@ def compressai():
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from nodes.workload.models import CifarResNet
+    from hilbed.nodes.workload.models import CifarResNet
     torch.manual_seed(0)
     ckpt = tmp_path_factory.mktemp("teacher") / "resnet8.th"
     torch.save({"state_dict": CifarResNet(1).state_dict()}, ckpt)
@@ -78,13 +78,13 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data():
-    from nodes.codecs.neural_common import load_images
+    from hilbed.nodes.codecs.neural_common import load_images
     return load_images("synthetic:128", 32)
 
 
 @pytest.fixture(scope="module")
 def fitted(compressai, env, data):
-    from nodes.codecs import entropic as E
+    from hilbed.nodes.codecs import entropic as E
     return {fam: E.FIT_FUNCTIONS[fam](data, env["teacher"], fit=E.PRESETS["tiny"], store=env["store"], limit=128)
             for fam in E.FAMILIES}
 
@@ -96,13 +96,13 @@ def test_params_name_the_right_family():
         make_codec("crbq", {"artifact": "entropic-0123456789ab"})
     with pytest.raises(CodecParamsError, match="artifact"):
         make_codec("factorized", {})  # no auto-fit: a scenario must name the artifact
-    from nodes.codecs import validate_codec_params
+    from hilbed.nodes.codecs import validate_codec_params
     assert validate_codec_params("factorized", {"artifact": "factorized-0123456789ab"})["artifact"]
 
 
 @pytest.mark.parametrize("family", ["entropic", "factorized"])
 def test_entropy_bottleneck_bytes_decode_to_the_same_latents(fitted, data, family):
-    from nodes.codecs.entropic import load_split
+    from hilbed.nodes.codecs.entropic import load_split
     m = load_split(fitted[family].id)
     y = m.latent(data.x[:8])
     payloads = [p for p, _ in m.encode(data.x[:8])]
@@ -113,7 +113,7 @@ def test_entropy_bottleneck_bytes_decode_to_the_same_latents(fitted, data, famil
     medians = m.net["eb"].quantiles[:, 0, 1].detach().view(1, -1, 1, 1)
     assert torch.allclose(decoded - medians, torch.round(decoded - medians), atol=1e-5)  # integers + medians
     # the CDF tables travel in the artifact: a reloaded model decodes the same bytes
-    from nodes.codecs.entropic import SplitModel
+    from hilbed.nodes.codecs.entropic import SplitModel
     again = SplitModel(fitted[family])
     assert torch.equal(again.latent_from_bytes(payloads), decoded)
 
@@ -140,7 +140,7 @@ def test_factorized_codec_decodes_pixels(fitted, data):
 
 
 def test_crbq_is_an_8bit_bottleneck(fitted, data):
-    from nodes.codecs.entropic import load_split
+    from hilbed.nodes.codecs.entropic import load_split
     art = fitted["crbq"]
     c = make_codec("crbq", {"artifact": art.id})
     enc = c.encode(data.x[2])
@@ -156,7 +156,7 @@ def test_crbq_is_an_8bit_bottleneck(fitted, data):
 
 def test_stage2_freezes_the_encoder(fitted, env, data):
     """The artifact's encoder is stage 1's: fine-tuning touched only decoder and tail."""
-    from nodes.codecs import entropic as E
+    from hilbed.nodes.codecs import entropic as E
     art = E.fit_entropic(data, env["teacher"], fit=E.PRESETS["tiny"], store=env["store"], limit=128, epochs2=0.0)
     a = E.load_split(art.id)
     b = E.load_split(fitted["entropic"].id)
@@ -172,10 +172,10 @@ def test_entropic_student_end_to_end_on_the_embedded_testbed(fitted, env, repo, 
     import inspect
     import json
 
-    from nodes.edge import EdgeAgent
+    from hilbed.nodes.edge import EdgeAgent
     if "decode_features" not in inspect.getsource(EdgeAgent._process):
         pytest.skip("nodes/edge.py predates split-computing codecs (decode_features)")
-    from orchestrator.runner import Runner
+    from hilbed.orchestrator.runner import Runner
     monkeypatch.setenv("HILBED_ARTIFACTS", str(env["store"].root))
     aid = fitted["entropic"].id
     scenario = tmp_path / "entropic.yaml"
@@ -192,7 +192,7 @@ conditions:
     assert out.state == "complete" and out.records == 3
     recs = [json.loads(line) for line in (out.run_dir / "trials.jsonl").read_text().splitlines()]
     c = make_codec("entropic", {"artifact": aid})
-    from nodes.workload import open_dataset
+    from hilbed.nodes.workload import open_dataset
     ds = open_dataset("synthetic", 32, 0)
     for r in recs:
         assert r["error"] is None and r["decoded"] and r["deadline_met"]

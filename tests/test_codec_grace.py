@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from nodes.codecs import make_codec
-from nodes.codecs.artifacts import ArtifactStore
-from nodes.codecs.grace import GraceProbe, fit_grace, probe, quant_tables, theorem1, theorem2
-from nodes.codecs.jpeg_tables import ColourTransform, dqt_tables, parse_header
-from nodes.workload.synthetic import make_image
+from hilbed.nodes.codecs import make_codec
+from hilbed.nodes.codecs.artifacts import ArtifactStore
+from hilbed.nodes.codecs.grace import GraceProbe, fit_grace, probe, quant_tables, theorem1, theorem2
+from hilbed.nodes.codecs.jpeg_tables import ColourTransform, dqt_tables, parse_header
+from hilbed.nodes.workload.synthetic import make_image
 
 
 # -------------------------------------------------------------- Theorem 1 ---
@@ -79,7 +79,7 @@ def test_probe_gradient_is_the_block_dct_of_the_pixel_gradient():
     torch = pytest.importorskip("torch")
     import torch.nn.functional as F
 
-    from nodes.codecs.dct import block_dct
+    from hilbed.nodes.codecs.dct import block_dct
     m = _Linear()
     rng = np.random.default_rng(0)
     imgs = rng.integers(0, 256, (4, 16, 16, 3)).astype(np.uint8)
@@ -102,7 +102,7 @@ def test_probe_gradient_is_the_block_dct_of_the_pixel_gradient():
 @pytest.fixture(scope="module")
 def grace_artifact(tmp_path_factory, synthetic_model):
     """A small fit on the synthetic default (the path `hilbed fit grace` takes)."""
-    from nodes.codecs import fit as F
+    from hilbed.nodes.codecs import fit as F
     root = tmp_path_factory.mktemp("grace-store")
     store = ArtifactStore(root)
     F.set_threads(1)
@@ -176,7 +176,7 @@ def test_auto_fit_on_first_use_is_cached(tmp_path, monkeypatch, synthetic_model)
 
 
 def test_bad_params_are_refused():
-    from nodes.codecs import CodecParamsError, validate_codec_params
+    from hilbed.nodes.codecs import CodecParamsError, validate_codec_params
     with pytest.raises(CodecParamsError):
         validate_codec_params("grace", {"budget": 0})
     with pytest.raises(CodecParamsError):
@@ -187,7 +187,7 @@ def test_bad_params_are_refused():
 
 def test_cifar_probe_on_real_data(shared_data):
     """The ResNet-20 probe on a few CIFAR images gives valid G-YUV weights and decodable streams."""
-    from nodes.codecs import fit as F
+    from hilbed.nodes.codecs import fit as F
     ckpt = shared_data / "models" / "resnet20-12fca82f.th"
     x, y, loaded, src = F.prepare(str(shared_data / "cifar10" / "train"), str(ckpt), 16, 32, 0, "cpu")
     out = probe(loaded, x, y, None, keep_ratios=True)
@@ -213,8 +213,8 @@ def test_clients_need_no_torch_for_grace_and_autojpeg(tmp_path):
         import os, sys
         sys.modules["torch"] = None
         os.environ["HILBED_ARTIFACTS"] = {str(tmp_path)!r}
-        from nodes.codecs import make_codec
-        from nodes.workload.synthetic import make_image
+        from hilbed.nodes.codecs import make_codec
+        from hilbed.nodes.workload.synthetic import make_image
         img = make_image(0, "test", 0, 32)[0]
         for name, p in (("grace", {{"artifact": {g.id!r}}}), ("autojpeg", {{"artifact": {a.id!r}}}),
                         ("grace", {{"artifact": {g.id!r}, "headers": "abbreviated"}})):

@@ -16,9 +16,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from nodes.codecs import CodecParamsError, make_codec
-from nodes.codecs.artifacts import ArtifactStore
-from nodes.codecs.pnc import (
+from hilbed.nodes.codecs import CodecParamsError, make_codec
+from hilbed.nodes.codecs.artifacts import ArtifactStore
+from hilbed.nodes.codecs.pnc import (
     ChannelCoder,
     PncArch,
     PncCodec,
@@ -32,7 +32,7 @@ from nodes.codecs.pnc import (
 
 @pytest.fixture(scope="module")
 def teacher_ckpt(tmp_path_factory) -> str:
-    from nodes.workload.models import CifarResNet
+    from hilbed.nodes.workload.models import CifarResNet
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("teacher") / "resnet8.th"
     torch.save({"state_dict": CifarResNet(1).state_dict(), "best_prec1": 0.0}, path)
@@ -46,8 +46,8 @@ def store(tmp_path_factory) -> ArtifactStore:
 
 @pytest.fixture(scope="module")
 def fitted(store, teacher_ckpt, monkeypatch_module):
-    from nodes.codecs.neural_common import load_images
-    from nodes.codecs.pnc import PRESETS, fit_pnc
+    from hilbed.nodes.codecs.neural_common import load_images
+    from hilbed.nodes.codecs.pnc import PRESETS, fit_pnc
     monkeypatch_module.setenv("HILBED_ARTIFACTS", str(store.root))
     data = load_images("synthetic:192", 32)
     art = fit_pnc(data, teacher_ckpt, fit=PRESETS["tiny"], store=store, limit=192)
@@ -63,7 +63,7 @@ def monkeypatch_module():
 
 @pytest.fixture(scope="module")
 def images():
-    from nodes.workload.synthetic import make_image
+    from hilbed.nodes.workload.synthetic import make_image
     return np.stack([make_image(i, "test", 0, 32)[0] for i in range(12)])
 
 
@@ -154,7 +154,7 @@ def test_auto_fit_once_per_settings(store, teacher_ckpt, monkeypatch):
 
 
 def test_numpy_encoder_matches_torch(fitted, images):
-    from nodes.codecs.neural_common import load_state, to_unit
+    from hilbed.nodes.codecs.neural_common import load_state, to_unit
     m = load_pnc(fitted.id)
     enc, _ = build_modules(m.arch)
     load_state(enc, m.weights, "encoder.")
@@ -223,7 +223,7 @@ def test_tight_deadline_gives_partial_but_correct_decodes(fitted, teacher_ckpt, 
     """Embedded testbed, 16 kbit/s trace link, 120 ms deadline: some blocks arrive, never all."""
     import pandas as pd
 
-    from orchestrator.runner import Runner
+    from hilbed.orchestrator.runner import Runner
     monkeypatch.setenv("HILBED_ARTIFACTS", str(Path(fitted.path).parent))
     n = 6
     scenario = tmp_path / "pnc-tight.yaml"
@@ -241,8 +241,8 @@ conditions:
     recs = [json.loads(line) for line in (out.run_dir / "trials.jsonl").read_text().splitlines()]
     assert len(recs) == n
     codec = PncCodec(artifact=fitted.id)
-    from nodes.workload import open_dataset
-    from nodes.workload.models import load_model
+    from hilbed.nodes.workload import open_dataset
+    from hilbed.nodes.workload.models import load_model
     ds = open_dataset("synthetic", 32, 0)
     model = load_model(teacher_ckpt, "cpu", 32)
     partial = 0

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from nodes.codecs import CodecParamsError, make_codec
-from nodes.workload.synthetic import make_image
+from hilbed.nodes.codecs import CodecParamsError, make_codec
+from hilbed.nodes.workload.synthetic import make_image
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from analysis.compare import compare_frames, compare_runs, thresholds_for
-from analysis.load import load_run
-from orchestrator.cli import main
+from hilbed.analysis.compare import compare_frames, compare_runs, thresholds_for
+from hilbed.analysis.load import load_run
+from hilbed.orchestrator.cli import main
 
 DATA = Path(__file__).parent / "data" / "analysis"
 sys.path.insert(0, str(DATA))

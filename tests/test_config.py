@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 
-from orchestrator.cli import main
-from orchestrator.config import load_scenario, load_testbed
-from orchestrator.yamlsrc import ConfigError
+from hilbed.orchestrator.cli import main
+from hilbed.orchestrator.config import load_scenario, load_testbed
+from hilbed.orchestrator.yamlsrc import ConfigError
 
 GOOD_SCENARIO = """\
 name: t
@@ -119,7 +119,7 @@ def test_testbed_errors(tmp_path):
 
 def test_cli_validate_exit_2_and_no_traceback(tmp_path, repo):
     bad = write(tmp_path, "bad.yaml", GOOD_SCENARIO.replace("quality: 50", "quality: 0"))
-    p = subprocess.run([sys.executable, "-m", "orchestrator.cli", "validate", str(bad)], capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "hilbed.orchestrator.cli", "validate", str(bad)], capture_output=True,
                        text=True, cwd=repo)
     assert p.returncode == 2
     assert "Traceback" not in p.stderr

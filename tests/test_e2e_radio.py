@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 
-from orchestrator.runner import Runner
+from hilbed.orchestrator.runner import Runner
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.schema import FIELDS
-from orchestrator.runner import Runner
+from hilbed.analysis.schema import FIELDS
+from hilbed.orchestrator.runner import Runner
 
 pytestmark = pytest.mark.slow
 
@@ -131,7 +131,7 @@ def test_resume_after_sigkill_gives_exactly_the_planned_rows(tmp_path, repo, syn
         """))
     runs = tmp_path / "runs"
     env = dict(os.environ)
-    cmd = [sys.executable, "-m", "orchestrator.cli", "run", str(sc), "--testbed", str(repo / "testbed.yaml"),
+    cmd = [sys.executable, "-m", "hilbed.orchestrator.cli", "run", str(sc), "--testbed", str(repo / "testbed.yaml"),
            "--results-dir", str(runs), "-q"]
     ctl = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -154,7 +154,7 @@ def test_resume_after_sigkill_gives_exactly_the_planned_rows(tmp_path, repo, syn
     before = _count_lines(trials)
     assert 15 <= before < 36
     assert json.loads((run_dir / "manifest.json").read_text())["state"] == "running"
-    p = subprocess.run([sys.executable, "-m", "orchestrator.cli", "resume", str(run_dir), "-q"], cwd=repo, env=env,
+    p = subprocess.run([sys.executable, "-m", "hilbed.orchestrator.cli", "resume", str(run_dir), "-q"], cwd=repo, env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr + p.stdout
     assert "36/36 image records" in p.stdout

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from nodes.codecs.evaluate import (
+from hilbed.nodes.codecs.evaluate import (
     Variant, bytes_for_accuracy, compare_to_reference, evaluate_variant, pareto, parse_variants,
 )
-from orchestrator.cli import main
+from hilbed.orchestrator.cli import main
 
 
 def test_variant_grammar_expands_sweeps():
@@ -43,7 +43,7 @@ def test_pareto_and_reference_comparison_on_hand_made_rows():
 
 
 def test_evaluate_variant_counts_bytes_and_accuracy(synthetic_model):
-    from nodes.codecs.fit import load_images, open_dataset
+    from hilbed.nodes.codecs.fit import load_images, open_dataset
     x, y = load_images(open_dataset("synthetic", 32, "test", 96), 96)
     lo = evaluate_variant(Variant("jpeg", {"quality": 10}), x, y, synthetic_model, batch=32)
     hi = evaluate_variant(Variant("jpeg", {"quality": 90}), x, y, synthetic_model, batch=32)
@@ -106,7 +106,7 @@ def test_cifar_dev_with_resnet20(shared_data, tmp_path, capsys):
 
 
 def test_jpeg_family_scenario_is_valid(repo):
-    from orchestrator.config import load_scenario
+    from hilbed.orchestrator.config import load_scenario
     sc = load_scenario(repo / "scenarios" / "jpeg-family.yaml")
     names = {c.codec for c in sc.codecs}
     assert {"jpeg", "grace", "autojpeg", "adacompress"} <= names
@@ -118,7 +118,7 @@ def test_jpeg_family_codecs_run_end_to_end(tmp_path, repo, synthetic_model, monk
     """The three families through real agents and the trace shaper, fitting on first use."""
     import pandas as pd
 
-    from orchestrator.runner import Runner
+    from hilbed.orchestrator.runner import Runner
     monkeypatch.setenv("HILBED_ARTIFACTS", str(tmp_path / "artifacts"))
     text = (repo / "scenarios" / "jpeg-family.yaml").read_text()
     text = text.replace("images_per_trial: 40", "images_per_trial: 6")

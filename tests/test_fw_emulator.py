@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import serial
 
-from firmware_bridge import hdlc, phy, spinel
-from firmware_bridge.emulator import Emulator, EmulatorProcess
-from firmware_bridge.radio import NotSupported, SpinelRadio, TxResult, WuartRadio, open_radio
+from hilbed.firmware_bridge import hdlc, phy, spinel
+from hilbed.firmware_bridge.emulator import Emulator, EmulatorProcess
+from hilbed.firmware_bridge.radio import NotSupported, SpinelRadio, TxResult, WuartRadio, open_radio
 
 REPO = Path(__file__).resolve().parents[1]
 PAN = 0xABCD
@@ -76,7 +76,7 @@ def test_cli_prints_pty_paths_and_exits_on_stdin_eof() -> None:
 
 def test_cli_exits_on_sigterm() -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "firmware_bridge.emulator", "--protocol", "spinel",
+    proc = subprocess.Popen([sys.executable, "-m", "hilbed.firmware_bridge.emulator", "--protocol", "spinel",
                              "--radios", "1"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env, cwd=REPO)
     try:
         assert proc.stdout is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from firmware_bridge import hdlc
+from hilbed.firmware_bridge import hdlc
 
 
 def test_fcs_is_crc16_x25_check_value() -> None:

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from firmware_bridge import phy
-from firmware_bridge.emulator import Emulator, EmulatorProcess
-from firmware_bridge.message import (
+from hilbed.firmware_bridge import phy
+from hilbed.firmware_bridge.emulator import Emulator, EmulatorProcess
+from hilbed.firmware_bridge.message import (
     FLAG_LAST_FRAGMENT,
     FRAGMENT_HEADER,
     FRAGMENT_PAYLOAD,
@@ -23,7 +23,7 @@ from firmware_bridge.message import (
     ReceivedMessage,
     SendReport,
 )
-from firmware_bridge.radio import Radio, SpinelRadio, open_radio
+from hilbed.firmware_bridge.radio import Radio, SpinelRadio, open_radio
 
 PAN = 0x2024
 FAST_BAUD = 4_000_000

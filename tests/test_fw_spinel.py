@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_bridge import spinel
-from firmware_bridge.spinel import SpinelError, SpinelFrame
+from hilbed.firmware_bridge import spinel
+from hilbed.firmware_bridge.spinel import SpinelError, SpinelFrame
 
 
 @pytest.mark.parametrize("value, encoded", [

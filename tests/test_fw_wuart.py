@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_bridge import wuart
-from firmware_bridge.wuart import FrameType, WuartDecoder, WuartFrame
+from hilbed.firmware_bridge import wuart
+from hilbed.firmware_bridge.wuart import FrameType, WuartDecoder, WuartFrame
 
 
 def test_crc_check_value() -> None:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from nodes.agent import AgentError
-from nodes.jammer import Level, parse_iperf3_json
-from nodes.link.medium import read_medium
-from orchestrator.transport import REPO_ROOT, AgentHandle, LocalTransport
+from hilbed.nodes.agent import AgentError
+from hilbed.nodes.jammer import Level, parse_iperf3_json
+from hilbed.nodes.link.medium import read_medium
+from hilbed.orchestrator.transport import REPO_ROOT, AgentHandle, LocalTransport
 
 needs_iperf3 = pytest.mark.skipif(shutil.which("iperf3") is None, reason="needs the iperf3 program")
 
@@ -84,7 +84,7 @@ def _wait_gone(port: int, timeout: float) -> float:
 
 
 def _start(tmp_path, events=None) -> AgentHandle:
-    proc = LocalTransport("jammer").start_agent("nodes.jammer", [], tmp_path / "jammer.log")
+    proc = LocalTransport("jammer").start_agent("hilbed.nodes.jammer", [], tmp_path / "jammer.log")
     h = AgentHandle("jammer", "jammer", proc, (lambda n, r, m: events.append(m)) if events is not None else None)
     h.wait_ready(30)
     return h
@@ -142,8 +142,8 @@ CONTROLLER = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
     sys.path.insert(0, {repo!r})
-    from orchestrator.transport import AgentHandle, LocalTransport
-    proc = LocalTransport("jammer").start_agent("nodes.jammer", [], Path({log!r}))
+    from hilbed.orchestrator.transport import AgentHandle, LocalTransport
+    proc = LocalTransport("jammer").start_agent("hilbed.nodes.jammer", [], Path({log!r}))
     h = AgentHandle("jammer", "jammer", proc)
     h.wait_ready(30)
     r = h.call("set_level", timeout=30, level="heavy", watchdog_s=30)

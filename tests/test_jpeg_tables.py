@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from nodes.codecs.dct import ZIGZAG, block_dct, block_dct_t, block_idct, block_idct_t, dct_matrix
-from nodes.codecs.jpeg_tables import (
+from hilbed.nodes.codecs.dct import ZIGZAG, block_dct, block_dct_t, block_idct, block_idct_t, dct_matrix
+from hilbed.nodes.codecs.jpeg_tables import (
     BT601, M_DHT, M_DQT, ColourTransform, JpegProfile, JpegStreamError, clamp_tables, decode_jpeg, dqt_tables,
     encode_jpeg, header_bytes, ijg_quality_tables, join_stream, parse_header, parse_tables, project_simplex,
     shared_markers, split_stream,
 )
-from nodes.codecs.pillow_family import jpeg_header_bytes
-from nodes.workload.synthetic import make_image
+from hilbed.nodes.codecs.pillow_family import jpeg_header_bytes
+from hilbed.nodes.workload.synthetic import make_image
 
 
 @pytest.fixture(scope="module")

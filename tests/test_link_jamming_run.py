@@ -8,9 +8,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from nodes.link.linklog import read_linklog
-from nodes.link.medium import read_medium
-from orchestrator.runner import Runner
+from hilbed.nodes.link.linklog import read_linklog
+from hilbed.nodes.link.medium import read_medium
+from hilbed.orchestrator.runner import Runner
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(shutil.which("iperf3") is None, reason="needs iperf3")]
 

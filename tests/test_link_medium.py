@@ -10,11 +10,11 @@ import time
 
 import pytest
 
-from nodes import wire
-from nodes.link import open_link
-from nodes.link.linklog import read_linklog
-from nodes.link.medium import MediumScaledSchedule, MediumWatcher, read_medium, write_medium
-from nodes.link.schedule import ConstantRate, OpportunitySchedule
+from hilbed.nodes import wire
+from hilbed.nodes.link import open_link
+from hilbed.nodes.link.linklog import read_linklog
+from hilbed.nodes.link.medium import MediumScaledSchedule, MediumWatcher, read_medium, write_medium
+from hilbed.nodes.link.schedule import ConstantRate, OpportunitySchedule
 
 
 def test_medium_file_round_trip_stale_and_garbage(tmp_path):

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from nodes.link.schedule import ByteServer, ConstantRate, OpportunitySchedule, PiecewiseRate
+from hilbed.nodes.link.schedule import ByteServer, ConstantRate, OpportunitySchedule, PiecewiseRate
 
 
 def test_opportunities_count_strictly_before_t():

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from nodes.link.linklog import read_linklog
-from nodes.link.schedule import ConstantRate, OpportunitySchedule
-from nodes.link.shaper import QueueSpec, TraceShaper, UdpShaperProxy
+from hilbed.nodes.link.linklog import read_linklog
+from hilbed.nodes.link.schedule import ConstantRate, OpportunitySchedule
+from hilbed.nodes.link.shaper import QueueSpec, TraceShaper, UdpShaperProxy
 
 
 def _collect():

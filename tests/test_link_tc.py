@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nodes.link.schedule import PiecewiseRate
-from nodes.link.tc import TcError, TcShaper, burst_bytes, htb_commands, rate_arg, tbf_commands
+from hilbed.nodes.link.schedule import PiecewiseRate
+from hilbed.nodes.link.tc import TcError, TcShaper, burst_bytes, htb_commands, rate_arg, tbf_commands
 
 
 class FakeNode:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.netns_lab import NetnsLab, list_labs
+from hilbed.orchestrator.netns_lab import NetnsLab, list_labs
 
 pytest_plugins = ["tests.netns_fixtures"]
 pytestmark = [pytest.mark.slow, pytest.mark.netns]

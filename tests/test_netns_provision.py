@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from orchestrator.config import load_testbed
-from orchestrator.provision import file_asset, provision
+from hilbed.orchestrator.config import load_testbed
+from hilbed.orchestrator.provision import file_asset, provision
 
 pytest_plugins = ["tests.netns_fixtures"]
 pytestmark = [pytest.mark.slow, pytest.mark.netns]

@@ -10,9 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from orchestrator.check import check_testbed, render_checks
-from orchestrator.config import load_testbed
-from orchestrator.provision import provision
+from hilbed.orchestrator.check import check_testbed, render_checks
+from hilbed.orchestrator.config import load_testbed
+from hilbed.orchestrator.provision import provision
 from tests.netns_fixtures import requires_runner_hooks, write_scenario
 
 pytest_plugins = ["tests.netns_fixtures"]
@@ -95,7 +95,7 @@ def _wait_records(runner, n: int, timeout: float = 120) -> None:
 
 @requires_runner_hooks
 def test_run_over_ssh(provisioned_lab, synthetic_model, tmp_path):
-    from orchestrator.runner import Runner
+    from hilbed.orchestrator.runner import Runner
     lab, tb_path, _ = provisioned_lab
     _fresh(tb_path)
     sc = write_scenario(tmp_path / "sc.yaml", jamming="light")  # the jammer runs too, in its own namespace
@@ -121,7 +121,7 @@ def test_run_over_ssh(provisioned_lab, synthetic_model, tmp_path):
 
 @requires_runner_hooks
 def test_node_drop_mid_run_reconnects_and_reruns_the_trial(provisioned_lab, synthetic_model, tmp_path):
-    from orchestrator.runner import Runner
+    from hilbed.orchestrator.runner import Runner
     lab, tb_path, _ = provisioned_lab
     _fresh(tb_path)
     sc = write_scenario(tmp_path / "sc.yaml", name="netns-drop", images=8, period_ms=80,
@@ -129,7 +129,7 @@ def test_node_drop_mid_run_reconnects_and_reruns_the_trial(provisioned_lab, synt
     runner = Runner(tb_path, sc, results_dir=tmp_path / "runs", quiet=True, make_report=False)
     th, box = _run_in_thread(runner)
     _wait_records(runner, 3)
-    agent_pids = [p for p in lab.processes("client-1") if "-m nodes.client" in _comm(p)]
+    agent_pids = [p for p in lab.processes("client-1") if "-m hilbed.nodes.client" in _comm(p)]
     assert agent_pids
     assert lab.drop_connections("client-1")  # as a reboot or a Wi-Fi loss would
     th.join(240)
@@ -153,8 +153,8 @@ def test_node_drop_mid_run_reconnects_and_reruns_the_trial(provisioned_lab, synt
 
 @requires_runner_hooks
 def test_unreachable_node_stops_cleanly_and_resume_finishes(provisioned_lab, synthetic_model, tmp_path, monkeypatch):
-    from orchestrator import reconnect
-    from orchestrator.runner import Runner, RunError
+    from hilbed.orchestrator import reconnect
+    from hilbed.orchestrator.runner import Runner, RunError
     monkeypatch.setattr(reconnect, "RECONNECT_ATTEMPTS", 2)
     monkeypatch.setattr(reconnect, "BACKOFF_S", (0.2, 0.5))
     lab, tb_path, _ = provisioned_lab

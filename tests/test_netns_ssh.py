@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import SSHTransportCfg
-from orchestrator.ssh import HostKeyError, NodeUnreachable, SSHTransport
-from orchestrator.transport import AgentHandle
+from hilbed.orchestrator.config import SSHTransportCfg
+from hilbed.orchestrator.ssh import HostKeyError, NodeUnreachable, SSHTransport
+from hilbed.orchestrator.transport import AgentHandle
 
 pytest_plugins = ["tests.netns_fixtures"]
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
@@ -58,7 +58,7 @@ def test_agent_over_an_ssh_channel_tears_down_when_the_channel_goes(provisioned_
                                                                     monkeypatch):
     lab = provisioned_lab[0]
     t = lab_transports["edge"]
-    proc = t.start_agent("nodes.probe", [], tmp_path / "probe.log")
+    proc = t.start_agent("hilbed.nodes.probe", [], tmp_path / "probe.log")
     h = AgentHandle("edge", "probe", proc)
     h.wait_ready(60)
     pid = h.call("ping")["pid"]
@@ -75,7 +75,7 @@ def test_agent_over_an_ssh_channel_tears_down_when_the_channel_goes(provisioned_
 
     # a dropped connection (no clean EOF from us) also ends the agent
     monkeypatch.setenv("HILBED_CACHE_DIR", str(tmp_path / "not-on-the-node"))
-    proc2 = t.start_agent("nodes.probe", [], tmp_path / "probe2.log")
+    proc2 = t.start_agent("hilbed.nodes.probe", [], tmp_path / "probe2.log")
     h2 = AgentHandle("edge", "probe", proc2)
     h2.wait_ready(60)
     pid2 = h2.call("ping")["pid"]
@@ -91,7 +91,7 @@ def test_agent_on_an_unprovisioned_node_says_so(netns_lab, tmp_path):
     cfg = _cfg(netns_lab, "jammer", workdir=str(tmp_path / "nowhere"))
     t = SSHTransport("jammer", cfg)
     try:
-        proc = t.start_agent("nodes.probe", [], tmp_path / "p.log")
+        proc = t.start_agent("hilbed.nodes.probe", [], tmp_path / "p.log")
         assert proc.wait(20) == 127
         assert "hilbed provision" in (tmp_path / "p.log").read_text()
     finally:
@@ -166,7 +166,7 @@ def test_unreachable_node_names_the_node(netns_lab):
 def test_keepalive_watchdog_closes_a_silent_connection(provisioned_lab, tmp_path):
     lab = provisioned_lab[0]
     t = SSHTransport("client-1", _cfg(lab, "client-1", keepalive_s=0.5))
-    proc = t.start_agent("nodes.probe", [], tmp_path / "p.log")
+    proc = t.start_agent("hilbed.nodes.probe", [], tmp_path / "p.log")
     h = AgentHandle("client-1", "probe", proc)
     try:
         h.wait_ready(60)

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import textwrap
 
-from orchestrator.config import load_scenario, load_testbed
-from orchestrator.plan import make_plan
+from hilbed.orchestrator.config import load_scenario, load_testbed
+from hilbed.orchestrator.plan import make_plan
 
 SC = """\
 name: p

@@ -10,7 +10,7 @@ import pytest
 pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parent.parent
-PLUGIN = ["-p", "orchestrator.pytest_plugin"]
+PLUGIN = ["-p", "hilbed.orchestrator.pytest_plugin"]
 
 FIXTURE_TESTS = """
 import pytest
@@ -102,7 +102,7 @@ def test_invalid_testbed_names_file_and_line(pytester):
 
 
 def _model_cached() -> bool:
-    from nodes.workload.models import cache_dir
+    from hilbed.nodes.workload.models import cache_dir
     return any((cache_dir() / "models").glob("synthetic-cnn-*.pt"))
 
 

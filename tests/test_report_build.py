@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis.report import build_report
+from hilbed.analysis.report import build_report
 
 DATA = Path(__file__).parent / "data" / "analysis"
 TINY = DATA / "tiny-run"
@@ -187,7 +187,7 @@ def test_real_quickstart_run(tmp_path):
 
 
 def test_cli_report(tmp_path, capsys):
-    from orchestrator.cli import main
+    from hilbed.orchestrator.cli import main
     run = tmp_path / "tiny"
     shutil.copytree(TINY, run)
     assert main(["report", str(run), "--markdown", "--by", "jamming_level", "--no-figures"]) == 0
@@ -199,7 +199,7 @@ def test_cli_report(tmp_path, capsys):
 
 
 def test_style_registry_one_colour_per_variant_one_marker_per_family():
-    from analysis.styles import PALETTE, StyleRegistry
+    from hilbed.analysis.styles import PALETTE, StyleRegistry
     fams = {"jpeg-q10": "jpeg", "jpeg-q50": "jpeg", "jpeg-q90": "jpeg", "pjpeg-q90": "jpeg-progressive",
             "webp-q50": "webp", "png": "png", "pnc-64": "pnc", "starfish": "starfish", "deepcod": "deepcod"}
     reg = StyleRegistry(fams, fams)
@@ -211,7 +211,7 @@ def test_style_registry_one_colour_per_variant_one_marker_per_family():
 
 
 def test_trace_capacity_from_csv_and_mahimahi(tmp_path):
-    from analysis.plots import read_trace_capacity
+    from hilbed.analysis.plots import read_trace_capacity
     csv = tmp_path / "t.csv"
     csv.write_text("t_ms,kbps\n0,250\n1500,37.5\n")
     t, r = read_trace_capacity(csv)
@@ -225,8 +225,8 @@ def test_trace_capacity_from_csv_and_mahimahi(tmp_path):
 
 def test_jammer_target_from_the_jammers_own_report():
     """Built-in levels have no target in the scenario: the jammer's resolved level (events.jsonl) gives it."""
-    from analysis.checks import jammer_warnings
-    from analysis.load import load_run
+    from hilbed.analysis.checks import jammer_warnings
+    from hilbed.analysis.load import load_run
     df = load_run(TINY)
     assert jammer_warnings(df, [{}]) == []  # no target known: nothing to compare with
     ev = [{"kind": "jammer_level", "node": "jammer", "condition": "c1",

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from nodes.link.schedule import ConstantRate, PiecewiseRate
-from nodes.link.traces import TraceError, load_schedule, read_csv_rates
+from hilbed.nodes.link.schedule import ConstantRate, PiecewiseRate
+from hilbed.nodes.link.traces import TraceError, load_schedule, read_csv_rates
 
 
 def test_constant_rate():

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from orchestrator.check import NodeCheck, _judge, check_testbed, render_checks
-from orchestrator.config import load_testbed
+from hilbed.orchestrator.check import NodeCheck, _judge, check_testbed, render_checks
+from hilbed.orchestrator.config import load_testbed
 
 pytest_plugins = ["tests.netns_fixtures"]
 
@@ -74,11 +74,11 @@ def test_an_openable_device_passes(tmp_path):
 
 
 def test_cli_check_exit_status(broken_testbed, repo):
-    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "check", "-t", str(broken_testbed), "--no-clock"],
+    r = subprocess.run([sys.executable, "-m", "hilbed.orchestrator.cli", "check", "-t", str(broken_testbed), "--no-clock"],
                        capture_output=True, text=True, timeout=120, env={**os_env(), "COLUMNS": "200"})
     assert r.returncode == 1, r.stdout + r.stderr
     assert "client-1" in r.stdout and "missing" in r.stdout
-    ok = subprocess.run([sys.executable, "-m", "orchestrator.cli", "check", "-t", str(repo / "testbed.yaml"),
+    ok = subprocess.run([sys.executable, "-m", "hilbed.orchestrator.cli", "check", "-t", str(repo / "testbed.yaml"),
                          "--nodes", "client-1,edge", "--no-clock"], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "all 2 nodes ready" in ok.stdout
@@ -128,7 +128,7 @@ def test_run_refuses_to_start_when_a_node_fails(broken_testbed, tmp_path):
     from tests.netns_fixtures import runner_has_lab_hooks
     if not runner_has_lab_hooks():
         pytest.skip("orchestrator/runner.py lacks the preflight hook (runner patch not applied)")
-    from orchestrator.runner import Runner, RunError
+    from hilbed.orchestrator.runner import Runner, RunError
     sc = tmp_path / "radio.yaml"
     sc.write_text(RADIO_SCENARIO)
     r = Runner(broken_testbed, sc, results_dir=tmp_path / "runs", quiet=True, make_report=False)

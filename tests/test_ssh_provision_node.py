@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.provision import build_wheel, node_extras
+from hilbed.orchestrator.provision import build_wheel, node_extras
 
 SETUP = Path(__file__).resolve().parent.parent / "orchestrator" / "nodesetup.py"
 
@@ -44,7 +44,7 @@ def test_cold_then_warm(tmp_path, wheel):
     marker = json.loads((tmp_path / "provision.json").read_text())
     assert marker["wheel_sha256"] == wheel.sha256 and marker["extras"] == ["client"]
     assert marker["boot_time"] and marker["version"] == wheel.version
-    r = _venv_py(tmp_path, "import nodes, orchestrator.cli; print(nodes.__file__)")
+    r = _venv_py(tmp_path, "import hilbed.nodes as nodes, hilbed.orchestrator.cli; print(nodes.__file__)")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().startswith(str(tmp_path / "venv")), "the venv must import the provisioned copy"
     hb = subprocess.run([str(tmp_path / "venv" / "bin" / "hilbed"), "--help"], capture_output=True, text=True)
@@ -56,19 +56,19 @@ def test_cold_then_warm(tmp_path, wheel):
 
 def test_a_new_wheel_replaces_the_old_files(tmp_path, wheel):
     assert _setup(tmp_path, wheel.path, wheel.sha256, wheel.version)["ok"]
-    assert _venv_py(tmp_path, "import nodes.wire").returncode == 0
+    assert _venv_py(tmp_path, "import hilbed.nodes.wire").returncode == 0
     smaller = tmp_path / "b" / wheel.path.name
     smaller.parent.mkdir()
     with zipfile.ZipFile(wheel.path) as src, zipfile.ZipFile(smaller, "w") as dst:
         for info in src.infolist():
-            if info.filename != "nodes/wire.py":
+            if info.filename != "hilbed/nodes/wire.py":
                 dst.writestr(info, src.read(info))
     import hashlib
     sha = hashlib.sha256(smaller.read_bytes()).hexdigest()
     out = _setup(tmp_path, smaller, sha, wheel.version)
     assert out["ok"] and "wheel installed" in out["steps"] and "venv created" not in out["steps"]
-    r = _venv_py(tmp_path, "import nodes.wire")
-    assert r.returncode != 0 and "nodes.wire" in r.stderr  # the stale module is gone
+    r = _venv_py(tmp_path, "import hilbed.nodes.wire")
+    assert r.returncode != 0 and "hilbed.nodes.wire" in r.stderr  # the stale module is gone
 
 
 def test_damaged_transfer_is_refused(tmp_path, wheel):
@@ -90,5 +90,5 @@ def test_pip_installer(tmp_path, wheel):
     out = _setup(tmp_path, wheel.path, wheel.sha256, wheel.version, installer="pip")
     assert out["ok"], out
     assert "wheel installed (pip)" in out["steps"]
-    r = _venv_py(tmp_path, "import nodes; print(nodes.__file__)")
+    r = _venv_py(tmp_path, "import hilbed.nodes as nodes; print(nodes.__file__)")
     assert r.stdout.strip().startswith(str(tmp_path / "venv")), r.stderr

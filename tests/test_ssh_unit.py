@@ -9,9 +9,9 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from orchestrator.config import SSHTransportCfg, load_testbed
-from orchestrator.provision import IMPORT_NAMES, Wheel, node_extras, source_hash
-from orchestrator.ssh import (HintingRejectPolicy, HostKeyError, SSHTransport, _sftp_path, _shell_path,
+from hilbed.orchestrator.config import SSHTransportCfg, load_testbed
+from hilbed.orchestrator.provision import IMPORT_NAMES, Wheel, node_extras, source_hash
+from hilbed.orchestrator.ssh import (HintingRejectPolicy, HostKeyError, SSHTransport, _sftp_path, _shell_path,
                               fingerprint, known_hosts_name, parse_jump)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,7 +90,7 @@ def test_example_lab_testbed_validates():
         assert c.transport.kind == "ssh" and c.transport.proxy_jump, n
         assert not c.transport.accept_new_host_keys, n
     assert tb.nodes["rpi4-client"].radio.port.startswith("/dev/serial/by-id/usb-Nordic_Semiconductor")
-    r = subprocess.run([sys.executable, "-m", "orchestrator.cli", "validate", str(p)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "hilbed.orchestrator.cli", "validate", str(p)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
 

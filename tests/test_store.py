@@ -2,9 +2,9 @@ from __future__ import annotations
 
 import json
 
-from analysis.load import dedup, load_run, write_parquet
-from analysis.schema import FIELDS
-from orchestrator.store import RunStore
+from hilbed.analysis.load import dedup, load_run, write_parquet
+from hilbed.analysis.schema import FIELDS
+from hilbed.orchestrator.store import RunStore
 
 
 def test_append_is_durable_and_torn_tail_is_repaired(tmp_path):

@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from nodes.link.tc import TcShaper
+from hilbed.nodes.link.tc import TcShaper
 
 pytestmark = pytest.mark.netns
 
@@ -154,12 +154,12 @@ class _NsTransport:
 
 
 def test_runner_hook_applies_tc_on_the_client_interface_and_always_removes_it(pair, tmp_path):
-    """orchestrator.conditions with a real testbed/scenario config and a namespace as the client node."""
+    """hilbed.orchestrator.conditions with a real testbed/scenario config and a namespace as the client node."""
     from types import SimpleNamespace
 
-    from orchestrator import conditions
-    from orchestrator.config import load_scenario, load_testbed
-    from orchestrator.store import RunStore
+    from hilbed.orchestrator import conditions
+    from hilbed.orchestrator.config import load_scenario, load_testbed
+    from hilbed.orchestrator.store import RunStore
 
     a, _b, dev = pair
     (tmp_path / "tb.yaml").write_text(f"""\

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from nodes.link.gen import gen_ieee802154, gen_lora, gen_ltem, lora_bitrate_bps, lora_time_on_air_s
-from nodes.link.lint import analyze
-from nodes.link.mahimahi import read_mahimahi
-from nodes.link.schedule import OpportunitySchedule
-from nodes.link.traces import read_csv_rates
-from orchestrator.cli import main
+from hilbed.nodes.link.gen import gen_ieee802154, gen_lora, gen_ltem, lora_bitrate_bps, lora_time_on_air_s
+from hilbed.nodes.link.lint import analyze
+from hilbed.nodes.link.mahimahi import read_mahimahi
+from hilbed.nodes.link.schedule import OpportunitySchedule
+from hilbed.nodes.link.traces import read_csv_rates
+from hilbed.orchestrator.cli import main
 
 
 def run_cli(capsys, *args) -> tuple[int, str, str]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from nodes.link.mahimahi import (constant_rate_trace, format_mahimahi, load_mahimahi_schedule, read_mahimahi,
+from hilbed.nodes.link.mahimahi import (constant_rate_trace, format_mahimahi, load_mahimahi_schedule, read_mahimahi,
                                  write_mahimahi)
-from nodes.link.schedule import OpportunitySchedule, PiecewiseRate
-from nodes.link.traces import TraceError, load_schedule, read_csv_rates, write_csv_rates
+from hilbed.nodes.link.schedule import OpportunitySchedule, PiecewiseRate
+from hilbed.nodes.link.traces import TraceError, load_schedule, read_csv_rates, write_csv_rates
 
 
 def test_every_shared_trace_is_accepted(shared_data):

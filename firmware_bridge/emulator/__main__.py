@@ -1,4 +1,4 @@
-"""``python -m firmware_bridge.emulator``: emulated nRF52840 radios on pseudo-terminals.
+"""``python -m hilbed.firmware_bridge.emulator``: emulated nRF52840 radios on pseudo-terminals.
 
 Prints one host-side device path per radio on stdout (then flushes), and
 runs until SIGTERM/SIGINT, or until stdin reaches EOF when stdin is a pipe
@@ -18,7 +18,7 @@ from .core import Emulator
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m firmware_bridge.emulator", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m hilbed.firmware_bridge.emulator", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--protocol", choices=["spinel", "wuart"], required=True,
                    help="firmware to emulate: OpenThread RCP (spinel) or Nordic Wireless UART (wuart)")

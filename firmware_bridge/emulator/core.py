@@ -1,7 +1,7 @@
 """Running the emulator: in-process (``Emulator``) or as a subprocess (``EmulatorProcess``).
 
 Why two ways: tests and benchmarks that want the real deployment shape use
-``EmulatorProcess``, which starts ``python -m firmware_bridge.emulator`` and
+``EmulatorProcess``, which starts ``python -m hilbed.firmware_bridge.emulator`` and
 reads the pty paths it prints -- exactly what a lab script does.  Tests that
 need to reach inside (change the jammer load, inject garbage bytes, read
 firmware counters) use ``Emulator``, which runs the same event loop in a
@@ -157,7 +157,7 @@ class EmulatorProcess:
                  medium_file: str | os.PathLike[str] | None = None, seed: int | None = None,
                  extra_args: list[str] | None = None, start_timeout: float = 10.0,
                  log_level: str = "WARNING") -> None:
-        self.args = [sys.executable, "-m", "firmware_bridge.emulator", "--protocol", protocol,
+        self.args = [sys.executable, "-m", "hilbed.firmware_bridge.emulator", "--protocol", protocol,
                      "--radios", str(radios), "--log-level", log_level]
         if baud is not None:
             self.args += ["--baud", str(baud)]

@@ -1,4 +1,4 @@
-"""Codec variants behind one interface (see :mod:`nodes.codecs.base`).
+"""Codec variants behind one interface (see :mod:`hilbed.nodes.codecs.base`).
 
 ``CODECS`` maps the names used in scenario YAML to codec classes. Families
 that need torch register lazily so a light client never imports it.
@@ -16,13 +16,13 @@ CODECS: dict[str, type[Codec]] = {c.name: c for c in (JpegCodec, ProgressiveJpeg
 #: codec families in their own modules, imported on first use so that a light
 #: client never imports torch for a codec it does not run: name -> "module:Class"
 LAZY_CODECS: dict[str, str] = {
-    "grace": "nodes.codecs.grace:GraceCodec",
-    "autojpeg": "nodes.codecs.autojpeg:AutoJpegCodec",
-    "adacompress": "nodes.codecs.adacompress:AdaCompressCodec",
-    "pnc": "nodes.codecs.pnc:PncCodec",
-    "entropic": "nodes.codecs.entropic:EntropicStudentCodec",
-    "factorized": "nodes.codecs.entropic:FactorizedPriorCodec",
-    "crbq": "nodes.codecs.entropic:CrBqCodec",
+    "grace": "hilbed.nodes.codecs.grace:GraceCodec",
+    "autojpeg": "hilbed.nodes.codecs.autojpeg:AutoJpegCodec",
+    "adacompress": "hilbed.nodes.codecs.adacompress:AdaCompressCodec",
+    "pnc": "hilbed.nodes.codecs.pnc:PncCodec",
+    "entropic": "hilbed.nodes.codecs.entropic:EntropicStudentCodec",
+    "factorized": "hilbed.nodes.codecs.entropic:FactorizedPriorCodec",
+    "crbq": "hilbed.nodes.codecs.entropic:CrBqCodec",
 }
 
 

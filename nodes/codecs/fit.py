@@ -7,7 +7,7 @@ a way to report progress. The same specs as scenarios are accepted:
 ``synthetic-cnn`` | ``cifar-resnet:PATH`` | a plain ``*.th``/``*.pt`` path.
 
 It also holds the *fit protocol* registry (see docs/codecs.md): every codec
-module named in :data:`nodes.codecs.LAZY_CODECS` that defines ``fit_cli`` and
+module named in :data:`hilbed.nodes.codecs.LAZY_CODECS` that defines ``fit_cli`` and
 ``fit_main`` is a ``hilbed fit`` family, discovered without importing it; and
 :func:`auto_artifact`, which fits once per settings key (file-locked across
 processes) for codecs whose params name no artifact.
@@ -51,9 +51,9 @@ def open_dataset(spec: str, size: int = 32, split: str = "train", n: int = 2000,
     """An indexable dataset with ``len`` and ``classes`` (synthetic: ``n`` images of ``split``)."""
     spec = dataset_spec(spec)
     if spec == "synthetic":
-        from nodes.workload.synthetic import SyntheticDataset
+        from hilbed.nodes.workload.synthetic import SyntheticDataset
         return SyntheticDataset(n, split, seed, size)
-    from nodes.workload.imagefolder import ImageFolder
+    from hilbed.nodes.workload.imagefolder import ImageFolder
     return ImageFolder(spec.split(":", 1)[1], size)
 
 
@@ -87,8 +87,8 @@ def model_spec(spec: str) -> str:
 
 
 def load_target(spec: str, device: str = "cpu", size: int = 32, progress: Progress | None = None):
-    """The target classifier as :class:`nodes.workload.models.LoadedModel` (eval mode)."""
-    from nodes.workload.models import load_model
+    """The target classifier as :class:`hilbed.nodes.workload.models.LoadedModel` (eval mode)."""
+    from hilbed.nodes.workload.models import load_model
     return load_model(model_spec(spec), device, size, progress)
 
 
@@ -98,7 +98,7 @@ def model_fingerprint(spec: str) -> str:
     if spec.startswith("cifar-resnet:"):
         h = hashlib.sha256(Path(spec.split(":", 1)[1]).read_bytes()).hexdigest()[:16]
         return f"cifar-resnet:{Path(spec.split(':', 1)[1]).name}:{h}"
-    from nodes.workload.models import TrainConfig
+    from hilbed.nodes.workload.models import TrainConfig
     return f"synthetic-cnn:{TrainConfig().key()}"
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from firmware_bridge import MessageSender, open_radio
+from hilbed.firmware_bridge import MessageSender, open_radio
 
 from .tcp import Link, SendReport, wall_ns
 

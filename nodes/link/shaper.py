@@ -1,6 +1,6 @@
 """``TraceShaper``: the user-space trace link engine for open-loop traffic.
 
-Each direction is a FIFO on a :class:`~nodes.link.schedule.CapacitySchedule`
+Each direction is a FIFO on a :class:`~hilbed.nodes.link.schedule.CapacitySchedule`
 (Mahimahi opportunities or a rate fluid), accounted byte by byte: a packet
 leaves when its last byte is served, an opportunity's leftover bytes serve
 the next queued packet, and capacity that passes while the queue is empty is
@@ -18,7 +18,7 @@ against the limit. IID loss drops a packet after it used the link. Either
 direction may write a Mahimahi link log.
 
 :class:`UdpShaperProxy` puts a shaper between two UDP peers (mm-link for
-datagrams): ``python -m nodes.link.shaper --up TRACE --listen H:P --forward H:P``.
+datagrams): ``python -m hilbed.nodes.link.shaper --up TRACE --listen H:P --forward H:P``.
 """
 
 from __future__ import annotations
@@ -385,7 +385,7 @@ def _hostport(text: str) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> int:
     from .traces import TraceError, load_schedule
     from .schedule import ConstantRate
-    p = argparse.ArgumentParser(prog="python -m nodes.link.shaper", description="UDP trace-shaping proxy")
+    p = argparse.ArgumentParser(prog="python -m hilbed.nodes.link.shaper", description="UDP trace-shaping proxy")
     p.add_argument("--up", help="uplink trace (Mahimahi or .csv)")
     p.add_argument("--up-kbps", type=float, help="constant uplink rate instead of a trace")
     p.add_argument("--down", help="downlink trace (default: unshaped replies are dropped unless given)")

@@ -2,7 +2,7 @@
 
 ``DirectLink`` sends as fast as the socket takes bytes. ``ShapedLink`` is the
 user-space trace link: every DATA packet is served by an uplink
-:class:`~nodes.link.schedule.CapacitySchedule`, leaves when its last byte is
+:class:`~hilbed.nodes.link.schedule.CapacitySchedule`, leaves when its last byte is
 served, reaches the edge one fixed delay later, and is lost with an IID
 probability; the sender stops at the deadline and packets not yet served are
 discarded, as a radio aborts its queue. Replies come back through a downlink
@@ -192,7 +192,7 @@ class ShapedLink(Link):
     """User-space shaped link driven by capacity schedules (constant, CSV, Mahimahi trace).
 
     The sender is closed-loop (one message at a time), so the uplink is a
-    :class:`~nodes.link.schedule.ByteServer` on the schedule: exact byte
+    :class:`~hilbed.nodes.link.schedule.ByteServer` on the schedule: exact byte
     accounting, opportunity leftovers carried to the next packet, idle
     capacity lost. ``medium_file`` (embedded testbed) scales capacity by
     ``1 - load`` of the jammer's published medium; ``log_path`` writes a

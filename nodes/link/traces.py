@@ -4,7 +4,7 @@ Two formats, chosen by extension (:func:`load_schedule`): ``.csv`` is a rate
 schedule -- a header ``t_ms,kbps`` then one row per change point (``t_ms``
 non-decreasing from 0, ``kbps`` >= 0; blank lines and ``#`` comments are
 allowed) -- and anything else is a Mahimahi packet-delivery trace
-(:mod:`nodes.link.mahimahi`). Errors name ``file:line``.
+(:mod:`hilbed.nodes.link.mahimahi`). Errors name ``file:line``.
 """
 
 from __future__ import annotations

@@ -160,7 +160,7 @@ _CACHE: dict[str, Path] = {}
 def cached_report(tmp_path_factory, name: str = "synthetic", **kw) -> Path:
     """One synthetic run + report per test session (figures take seconds), shared by the test modules."""
     if name not in _CACHE or not _CACHE[name].exists():
-        from analysis.report import build_report
+        from hilbed.analysis.report import build_report
         run = make_run(tmp_path_factory.mktemp(name), **kw)
         _CACHE[name] = build_report([run])
     return _CACHE[name]
