@@ -6,7 +6,7 @@ TORCH  ?= torch==2.13.0
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.hilbed-installed
 
-.PHONY: run test venv clean-venv test-neural
+.PHONY: run test test-fast venv clean-venv test-neural
 
 # The neural codecs (PNC fitting/decoding, entropic student) in their own venv: compressai needs numpy<2.
 # NEURAL_TORCH_INDEX=--index-url https://download.pytorch.org/whl/cpu gets CPU wheels instead of the CUDA build (~5 GB).
@@ -31,6 +31,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
+# The unit tests only (no end-to-end runs, no network namespaces): the quick loop while editing.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not netns" -p no:randomly; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
 $(NEURAL_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(NEURAL_VENV)
 	$(NEURAL_VENV)/bin/python -m pip install -q --upgrade pip
@@ -39,7 +43,7 @@ $(NEURAL_STAMP): pyproject.toml
 	touch $(NEURAL_STAMP)
 
 test-neural: $(NEURAL_STAMP)
-	$(NEURAL_VENV)/bin/python -m pytest -q tests/test_codec_pnc.py tests/test_codec_entropic.py
+	$(NEURAL_VENV)/bin/python -m pytest -q tests/nodes/codecs/test_codec_pnc.py tests/nodes/codecs/test_codec_entropic.py
 
 clean-venv:
 	rm -rf $(VENV)

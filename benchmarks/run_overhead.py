@@ -32,7 +32,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from hilbed.analysis.load import read_jsonl
-    from hilbed.orchestrator.runner import Runner
+    from hilbed.orchestrator.run.runner import Runner
 
     qualities = [5 + (90 * i) // max(1, args.trials - 1) for i in range(args.trials)]
     link = "{kind: direct}" if args.link == "direct" else "{kind: trace, rate_kbps: 10000}"

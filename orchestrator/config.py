@@ -17,9 +17,9 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hilbed.nodes.codecs import CodecParamsError, all_codec_names, explicit_params, validate_codec_params
-from .yamlsrc import ConfigError, Located, dotted, load_located
+from hilbed.orchestrator.roles import ROLES
+from hilbed.orchestrator.yamlsrc import ConfigError, Located, dotted, load_located
 
-ROLES = ("client", "edge", "jammer")
 LINK_KINDS = ("direct", "trace", "tc", "radio")
 DEFAULT_JAMMING_LEVELS = ("none", "light", "heavy")
 
@@ -76,7 +76,7 @@ class RadioCfg(Strict):
 
 
 class NodeCfg(Strict):
-    roles: list[Literal["client", "edge", "jammer"]] = Field(..., min_length=1)
+    roles: list[str] = Field(..., min_length=1, description="node roles (see hilbed.orchestrator.roles)")
     transport: TransportCfg = Field(default_factory=LocalTransportCfg)
     address: str = Field("127.0.0.1", description="address other nodes use to reach this node")
     edge_port: int = Field(0, ge=0, le=65535, description="edge TCP port; 0 = any free port")
@@ -85,6 +85,14 @@ class NodeCfg(Strict):
     radio: RadioCfg | None = None
     jammer_target: str | None = Field(None, description="host running `iperf3 -s` across the Wi-Fi; default loopback")
     description: str = ""
+
+    @field_validator("roles")
+    @classmethod
+    def _known_roles(cls, v: list[str]) -> list[str]:
+        for r in v:
+            if r not in ROLES:
+                raise ValueError(f"unknown role {r!r} (allowed: {', '.join(ROLES)})")
+        return v
 
 
 class TestbedCfg(Strict):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from hilbed.nodes.codecs import explicit_params
 
-from .config import CodecCfg, ConditionCfg, ScenarioCfg, TestbedCfg
+from hilbed.orchestrator.config import CodecCfg, ConditionCfg, ScenarioCfg, TestbedCfg
 
 PER_TRIAL_OVERHEAD_S = 0.05  # start margin + round trips: ~31 ms measured by benchmarks/run_overhead.py
 

@@ -12,7 +12,7 @@ Fixtures (all skip the test when no testbed was given):
 - ``hilbed_nodes``: node name -> :class:`NodeCfg`;
 - ``hilbed_radios``: node name -> :class:`RadioCfg` for nodes with a radio;
 - ``hilbed_run``: ``hilbed_run(scenario_path_or_dict, **overrides)`` replays a
-  scenario with :class:`hilbed.orchestrator.runner.Runner` and returns a
+  scenario with :class:`hilbed.orchestrator.run.runner.Runner` and returns a
   :class:`HilbedResult` (run directory, records DataFrame, summary).
 
 A marker skips tests the testbed cannot serve, like labgrid's ``lg_feature``::
@@ -51,8 +51,8 @@ def pytest_configure(config) -> None:
         return
     if not p.exists():
         raise pytest.UsageError(f"--hilbed-testbed: file not found: {p}")
-    from .config import load_testbed
-    from .yamlsrc import ConfigError
+    from hilbed.orchestrator.config import load_testbed
+    from hilbed.orchestrator.yamlsrc import ConfigError
     try:  # a bad testbed stops the session before any test, with file:line, the field and what is allowed
         config._hilbed_testbed = load_testbed(p)
     except ConfigError as exc:
@@ -164,7 +164,7 @@ def hilbed_run(hilbed_testbed, hilbed_testbed_path, pytestconfig, tmp_path_facto
     """
     import yaml
 
-    from .runner import Runner
+    from hilbed.orchestrator.run.runner import Runner
 
     results = pytestconfig.getoption("--hilbed-results-dir")
     out_dir = Path(results).resolve() if results else tmp_path_factory.mktemp("hilbed-runs")

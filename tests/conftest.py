@@ -18,7 +18,7 @@ os.environ.setdefault("HILBED_CACHE_DIR", str(REPO / ".hilbed-cache"))
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-pytest_plugins = ["tests.netns_fixtures"]  # namespace lab with real sshd (tests/test_netns_*.py)
+pytest_plugins = ["tests.netns_fixtures"]  # namespace lab with real sshd (tests/e2e/test_netns_*.py)
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 

@@ -36,20 +36,20 @@ def write_scenario(path: Path, name: str = "netns-smoke", images: int = 5, perio
 
 
 def runner_has_lab_hooks() -> bool:
-    """True once orchestrator/runner.py carries the preflight + reconnect patch."""
-    from hilbed.orchestrator import runner
+    """True once orchestrator/run/runner.py carries the preflight + reconnect patch."""
+    from hilbed.orchestrator.run import runner
     src = inspect.getsource(runner)
     return "preflight(" in src and "Recovery(" in src
 
 
 requires_runner_hooks = pytest.mark.skipif(
     not runner_has_lab_hooks(),
-    reason="orchestrator/runner.py lacks the lab hooks (preflight, Recovery): apply the runner patch from the lab work")
+    reason="orchestrator/run/runner.py lacks the lab hooks (preflight, Recovery): apply the runner patch from the lab work")
 
 
 @pytest.fixture(scope="session")
 def netns_ok() -> None:
-    from hilbed.orchestrator.netns_lab import unavailable_reason
+    from hilbed.orchestrator.lab.netns_lab import unavailable_reason
     why = unavailable_reason()
     if why:
         pytest.skip(why)
@@ -58,7 +58,7 @@ def netns_ok() -> None:
 @pytest.fixture(scope="session")
 def netns_lab(netns_ok, tmp_path_factory):
     """Three SSH hosts (edge, client-1, jammer) for the whole session; removed at the end."""
-    from hilbed.orchestrator.netns_lab import NetnsLab
+    from hilbed.orchestrator.lab.netns_lab import NetnsLab
     pid = os.getpid()
     lab = NetnsLab(3, name=f"ht{pid % 10000}", subnet=100 + pid % 150)
     lab.up()
@@ -76,7 +76,7 @@ def lab_testbed(netns_lab, tmp_path_factory) -> Path:
 def provisioned_lab(netns_lab, lab_testbed):
     """The lab with every host provisioned once (cold); returns (lab, testbed path, first report)."""
     from hilbed.orchestrator.config import load_testbed
-    from hilbed.orchestrator.provision import provision
+    from hilbed.orchestrator.lab.provision import provision
     rep = provision(load_testbed(lab_testbed))
     assert rep.ok, {n: r.error for n, r in rep.results.items()}
     return netns_lab, lab_testbed, rep
@@ -86,7 +86,7 @@ def provisioned_lab(netns_lab, lab_testbed):
 def lab_transports(provisioned_lab):
     """SSH transports to every lab host, closed after the test."""
     from hilbed.orchestrator.config import load_testbed
-    from hilbed.orchestrator.ssh import SSHTransport
+    from hilbed.orchestrator.lab.ssh import SSHTransport
     _, tb_path, _ = provisioned_lab
     tb = load_testbed(tb_path)
     trs = {n: SSHTransport(n, c.transport) for n, c in tb.nodes.items()}

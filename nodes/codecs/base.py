@@ -102,6 +102,11 @@ class Codec:
         """Pixels from the received prefix ``chunks`` (of ``total_chunks``), or None."""
         raise NotImplementedError
 
+    @classmethod
+    def prepare(cls, params: dict[str, Any]) -> None:
+        """Make what this variant needs before a run (fit artifacts on first use); most need nothing."""
+        return None
+
     def fit(self, dataset: Any, model: Any, **params: Any) -> Any:
         """Fit tables/weights for this variant. Classic codecs need nothing."""
         return None

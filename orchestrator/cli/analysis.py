@@ -1,0 +1,244 @@
+"""Analysis sub-commands: report, compare, schedule.
+
+Exit status follows the CLI's rule: 0 success, 1 a regression (compare,
+schedule run) or a failed action, 2 bad input.
+"""
+
+from __future__ import annotations
+
+from hilbed.orchestrator.ui import make_console
+
+import json
+import sys
+from pathlib import Path
+
+
+def _bad_runs(dirs: list[str]) -> str | None:
+    for d in dirs:
+        p = Path(d)
+        if not ((p / "manifest.json").exists() or (p / "trials.jsonl").exists() or (p / "results.parquet").exists()):
+            return f"{d}: not a run directory (no manifest.json, trials.jsonl or results.parquet)"
+    return None
+
+
+def _console():
+    return make_console()
+
+
+# ---------------------------------------------------------------- report ---
+
+def cmd_report(args) -> int:
+    from hilbed.analysis.report import build_report
+    bad = _bad_runs(args.runs)
+    if bad:
+        print(bad, file=sys.stderr)
+        return 2
+    try:
+        path = build_report(args.runs, args.output, by=args.by, title=args.title, figures=not args.no_figures)
+    except KeyError as exc:
+        print(f"hilbed report: {exc.args[0]}", file=sys.stderr)
+        return 2
+    if args.markdown:
+        sys.stdout.write((path.parent / "summary.md").read_text(encoding="utf-8"))
+    print(f"report: {path}")
+    return 0
+
+
+# --------------------------------------------------------------- compare ---
+
+def cmd_compare(args) -> int:
+    from rich.table import Table
+
+    from hilbed.analysis.compare import compare_runs, fmt_delta
+    bad = _bad_runs([args.base, args.run])
+    if bad:
+        print(bad, file=sys.stderr)
+        return 2
+    overrides = {"top1_drop_points": args.top1_drop_points, "p95_latency_increase_pct": args.p95_increase_pct,
+                 "miss_rate_increase_points": args.miss_increase_points}
+    try:
+        cmp = compare_runs(args.base, args.run, overrides, rule=args.rule, by=args.by, n_boot=args.bootstrap,
+                           alpha=args.alpha, adjust=not args.per_cell)
+    except KeyError as exc:
+        print(f"hilbed compare: {exc.args[0]}", file=sys.stderr)
+        return 2
+    if not cmp.deltas:
+        print(f"hilbed compare: no codec x condition cell is in both runs; nothing to compare "
+              f"({'; '.join(cmp.missing) or 'no records'})", file=sys.stderr)
+        return 2
+    if args.markdown:
+        Path(args.markdown).write_text(cmp.to_markdown(), encoding="utf-8")
+    if args.json:
+        Path(args.json).write_text(json.dumps(cmp.to_dict(), indent=1, default=str), encoding="utf-8")
+    if args.format == "markdown":
+        sys.stdout.write(cmp.to_markdown())
+    elif args.format == "json":
+        sys.stdout.write(json.dumps(cmp.to_dict(), indent=1, default=str) + "\n")
+    else:
+        con = _console()
+        th = ", ".join(f"{k} {v:g}" for k, v in cmp.thresholds.items())
+        t = Table(title=f"{cmp.run_id} vs base {cmp.base_id}",
+                  caption=f"thresholds: {th}; rule: {cmp.rule}; intervals at {100 * cmp.level:.4g}%")
+        for col in [*cmp.by, "metric", "base", "run", "change [CI]", "threshold", "status"]:
+            t.add_column(col, justify="left" if col in (*cmp.by, "metric", "status") else "right")
+        colour = {"regression": "bold red", "inconclusive": "yellow", "improved": "green"}
+        for d in cmp.deltas:
+            cells = fmt_delta(d)
+            st = colour.get(d.status)
+            cells[-1] = f"[{st}]{d.status}[/]" if st else d.status
+            t.add_row(*(str(d.cell[b]) for b in cmp.by), *cells)
+        con.print(t)
+        for line in cmp.missing + cmp.notes:
+            con.print(f"note: {line}")
+        if cmp.failed:
+            con.print(f"[bold red]{len(cmp.regressions)} regression(s)[/] beyond the thresholds")
+        else:
+            con.print("no regression" + (f" ({len(cmp.inconclusive)} inconclusive)" if cmp.inconclusive else ""))
+    return 1 if cmp.failed else 0
+
+
+# -------------------------------------------------------------- schedule ---
+
+def cmd_schedule_install(args) -> int:
+    from hilbed.orchestrator.run import scheduled as sch
+    from hilbed.orchestrator.cli.defaults import DEFAULT_TESTBED, default_path
+    try:
+        s, done = sch.install(args.name, args.scenario, args.baseline,
+                              testbed=args.testbed or default_path(DEFAULT_TESTBED), backend=args.backend,
+                              every=args.every, at=args.at, on_calendar=args.on_calendar, cron=args.cron,
+                              state_dir=args.state_dir, enable=not args.no_enable)
+    except sch.ScheduleError as exc:
+        print(f"hilbed schedule: {exc}", file=sys.stderr)
+        return 2
+    for line in done:
+        print(line)
+    print(f"runs every {s.on_calendar if s.backend == 'systemd' else s.cron!r} ({s.backend}); "
+          f"history: {s.dir / 'history.jsonl'}; latest report: {s.dir / 'latest'}")
+    return 0
+
+
+def cmd_schedule_list(args) -> int:
+    from rich.table import Table
+
+    from hilbed.orchestrator.run import scheduled as sch
+    rows = sch.list_schedules(args.state_dir)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    if not rows:
+        print(f"no schedules in {sch.state_root(args.state_dir)}")
+        return 0
+    t = Table(title=f"schedules in {sch.state_root(args.state_dir)}")
+    for col in ("name", "backend", "when", "installed", "runs", "last run", "verdict", "scenario"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["name"], r["backend"], r["when"], "yes" if r["installed"] else "NO", str(r["runs"]),
+                  str(r["last_at"] or "-"), str(r["last_verdict"] or "-"), Path(r["scenario"]).name)
+    _console().print(t)
+    return 0
+
+
+def cmd_schedule_remove(args) -> int:
+    from hilbed.orchestrator.run import scheduled as sch
+    try:
+        for line in sch.remove(args.name, args.state_dir, purge=args.purge):
+            print(line)
+    except sch.ScheduleError as exc:
+        print(f"hilbed schedule: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_schedule_run(args) -> int:
+    from hilbed.orchestrator.run import scheduled as sch
+    try:
+        rc, entry = sch.run_scheduled(args.name, args.state_dir)
+    except sch.ScheduleError as exc:
+        print(f"hilbed schedule: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(entry, default=str))
+    return rc
+
+
+def cmd_schedule_pin(args) -> int:
+    from hilbed.orchestrator.run import scheduled as sch
+    try:
+        s = sch.load_schedule(args.name, args.state_dir)
+        sch.pin_baseline(args.baseline, s.dir / "baseline")
+    except sch.ScheduleError as exc:
+        print(f"hilbed schedule: {exc}", file=sys.stderr)
+        return 2
+    s.baseline_source = str(Path(args.baseline).resolve())
+    sch.save_schedule(s)
+    print(f"schedule {s.name}: baseline pinned from {s.baseline_source}")
+    return 0
+
+
+# -------------------------------------------------------------- register ---
+
+def register(sub) -> None:
+    rp = sub.add_parser("report", help="(re)build the HTML report of one or more runs")
+    rp.add_argument("runs", nargs="+")
+    rp.add_argument("--output", "-o", default=None, help="output directory (default: <first run>/report)")
+    rp.add_argument("--by", nargs="+", default=None, metavar="FIELD",
+                    help="group by these record fields (default: codec_label condition)")
+    rp.add_argument("--title", default=None)
+    rp.add_argument("--markdown", action="store_true", help="also print the Markdown summary (for CI logs)")
+    rp.add_argument("--no-figures", action="store_true", help="tables only (faster)")
+    rp.set_defaults(fn=cmd_report)
+
+    cp = sub.add_parser("compare", help="compare RUN with BASE_RUN; exit 1 on a statistically supported regression")
+    cp.add_argument("base", metavar="BASE_RUN")
+    cp.add_argument("run", metavar="RUN")
+    cp.add_argument("--top1-drop-points", type=float, default=None, help="override the scenario's threshold")
+    cp.add_argument("--p95-increase-pct", type=float, default=None, help="override the scenario's threshold")
+    cp.add_argument("--miss-increase-points", type=float, default=None, help="override the scenario's threshold")
+    cp.add_argument("--rule", choices=("ci", "significant"), default="ci",
+                    help="ci: the whole 95%% interval is past the threshold (default); significant: the estimate is "
+                         "past the threshold and the interval excludes zero")
+    cp.add_argument("--by", nargs="+", default=None, metavar="FIELD")
+    cp.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for p95 (at least 2000; more "
+                    "when adjusted intervals need deeper tails)")
+    cp.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate (default 0.05)")
+    cp.add_argument("--per-cell", action="store_true", help="plain 95%% intervals per cell instead of Bonferroni-"
+                    "adjusted simultaneous ones (more sensitive, more false alarms)")
+    cp.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    cp.add_argument("--markdown", default=None, metavar="FILE", help="also write the Markdown table here")
+    cp.add_argument("--json", default=None, metavar="FILE", help="also write the comparison as JSON here")
+    cp.set_defaults(fn=cmd_compare)
+
+    sp = sub.add_parser("schedule", help="scheduled regression runs (systemd user timer or crontab)")
+    ssub = sp.add_subparsers(dest="schedule_cmd", required=True)
+    state = {"default": None, "help": "state directory (default $HILBED_SCHEDULE_DIR or ~/.local/share/hilbed/schedules)"}
+    si = ssub.add_parser("install", help="pin a baseline and install a timer that replays a scenario")
+    si.add_argument("name")
+    si.add_argument("--scenario", "-s", required=True)
+    si.add_argument("--baseline", "-b", required=True, metavar="RUN_DIR", help="run to compare every run with "
+                    "(a copy is pinned)")
+    si.add_argument("--testbed", "-t", default=None)
+    si.add_argument("--backend", choices=("auto", "systemd", "cron"), default="auto")
+    si.add_argument("--every", choices=("hourly", "daily", "weekly"), default=None)
+    si.add_argument("--at", default=None, metavar="HH:MM", help="time of day (default 03:00)")
+    si.add_argument("--on-calendar", default=None, help="raw systemd OnCalendar expression")
+    si.add_argument("--cron", default=None, help="raw five-field cron expression")
+    si.add_argument("--no-enable", action="store_true", help="write the systemd units but do not enable them")
+    si.add_argument("--state-dir", **state)
+    si.set_defaults(fn=cmd_schedule_install)
+    sl = ssub.add_parser("list", help="schedules, whether installed, last verdict")
+    sl.add_argument("--state-dir", **state)
+    sl.add_argument("--json", action="store_true")
+    sl.set_defaults(fn=cmd_schedule_list)
+    sr = ssub.add_parser("remove", help="uninstall a schedule's timer (history kept unless --purge)")
+    sr.add_argument("name")
+    sr.add_argument("--purge", action="store_true")
+    sr.add_argument("--state-dir", **state)
+    sr.set_defaults(fn=cmd_schedule_remove)
+    sx = ssub.add_parser("run", help="one scheduled run now (what the timer calls)")
+    sx.add_argument("name")
+    sx.add_argument("--state-dir", **state)
+    sx.set_defaults(fn=cmd_schedule_run)
+    sb = ssub.add_parser("pin", help="pin a new baseline run for a schedule")
+    sb.add_argument("name")
+    sb.add_argument("baseline", metavar="RUN_DIR")
+    sb.add_argument("--state-dir", **state)
+    sb.set_defaults(fn=cmd_schedule_pin)

@@ -1,0 +1,265 @@
+"""How the controller reaches a node: run commands, copy files, start agents.
+
+``LocalTransport`` uses subprocesses on this machine (the embedded testbed);
+``SSHTransport`` (hilbed.orchestrator.lab.ssh) does the same over SSH. Agents are driven
+through :class:`AgentHandle`, which only needs a byte stream in each
+direction, so local and remote agents behave the same.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Callable
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # orchestrator/lab/transport.py -> the checkout (or site-packages/hilbed)
+
+
+class AgentFailed(RuntimeError):
+    """An agent died, timed out or answered with an error."""
+
+
+@dataclass
+class CommandResult:
+    cmd: str
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+class AgentProcess:
+    """A running agent: a byte pipe each way plus lifecycle control."""
+
+    stdin: IO[bytes]
+    stdout: IO[bytes]
+
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    def wait(self, timeout: float) -> int | None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return None
+
+
+class LocalAgentProcess(AgentProcess):
+    def __init__(self, popen: subprocess.Popen):
+        self.popen = popen
+        self.stdin = popen.stdin  # type: ignore[assignment]
+        self.stdout = popen.stdout  # type: ignore[assignment]
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid
+
+
+class Transport:
+    """Interface shared by local and SSH transports."""
+
+    kind = "abstract"
+
+    def __init__(self, node: str):
+        self.node = node
+
+    def run(self, cmd: str | list[str], timeout: float | None = 60, check: bool = False) -> CommandResult:
+        raise NotImplementedError
+
+    def put(self, local: str | Path, remote: str) -> None:
+        raise NotImplementedError
+
+    def get(self, remote: str, local: str | Path) -> None:
+        raise NotImplementedError
+
+    def start_agent(self, module: str, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> AgentProcess:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def describe(self) -> str:
+        return self.kind
+
+
+class LocalTransport(Transport):
+    kind = "local"
+
+    def __init__(self, node: str, python: str | None = None):
+        super().__init__(node)
+        self.python = python or sys.executable
+
+    def run(self, cmd: str | list[str], timeout: float | None = 60, check: bool = False) -> CommandResult:
+        shell = isinstance(cmd, str)
+        p = subprocess.run(cmd, shell=shell, capture_output=True, text=True, timeout=timeout)
+        text = cmd if shell else shlex.join(cmd)
+        res = CommandResult(text, p.returncode, p.stdout, p.stderr)
+        if check and not res.ok:
+            raise RuntimeError(f"{self.node}: {text!r} failed ({p.returncode}): {p.stderr.strip()[:300]}")
+        return res
+
+    def put(self, local: str | Path, remote: str) -> None:
+        Path(remote).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(local, Path(remote).expanduser())
+
+    def get(self, remote: str, local: str | Path) -> None:
+        shutil.copyfile(Path(remote).expanduser(), local)
+
+    def start_agent(self, module: str, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> AgentProcess:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        full_env = dict(os.environ)
+        full_env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), full_env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        full_env.setdefault("PYTHONUNBUFFERED", "1")
+        full_env.update(env or {})
+        with open(log_path, "ab") as logf:
+            popen = subprocess.Popen([self.python, "-m", module, *args], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=logf, env=full_env, cwd=str(REPO_ROOT),
+                                     start_new_session=True)
+        return LocalAgentProcess(popen)
+
+    def describe(self) -> str:
+        return f"local ({self.python})"
+
+
+class AgentHandle:
+    """Controller side of one agent's JSON-lines channel."""
+
+    def __init__(self, node: str, role: str, proc: AgentProcess, on_event: Callable[[str, str, dict], None] | None = None):
+        self.node, self.role, self.proc = node, role, proc
+        self.on_event = on_event
+        self._ids = itertools.count(1)
+        self._pending: dict[int, Future] = {}
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self.ready = threading.Event()
+        self.dead = threading.Event()
+        self.death_reason = ""
+        self._reader = threading.Thread(target=self._read_loop, daemon=True, name=f"agent-{node}-{role}")
+        self._reader.start()
+
+    def _read_loop(self) -> None:
+        try:
+            for raw in self.proc.stdout:
+                line = raw.strip()
+                if not line:
+                    continue
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue  # not protocol: ignore
+                if "event" in msg:
+                    if msg["event"] == "ready":
+                        self.ready.set()
+                    if self.on_event:
+                        try:
+                            self.on_event(self.node, self.role, msg)
+                        except Exception:  # a bad handler must not kill the channel
+                            import traceback
+                            traceback.print_exc()
+                    continue
+                with self._lock:
+                    fut = self._pending.pop(msg.get("id"), None)
+                if fut is not None:
+                    if msg.get("ok"):
+                        fut.set_result(msg.get("result"))
+                    else:
+                        fut.set_exception(AgentFailed(f"{self.node}/{self.role}: {msg.get('error')}"))
+        except (OSError, ValueError):
+            pass
+        self.death_reason = self.death_reason or "channel closed"
+        self.dead.set()
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(AgentFailed(f"{self.node}/{self.role}: agent exited ({self.death_reason})"))
+
+    def call_async(self, op: str, **args) -> Future:
+        rid = next(self._ids)
+        fut: Future = Future()
+        with self._lock:
+            if self.dead.is_set():
+                fut.set_exception(AgentFailed(f"{self.node}/{self.role}: agent is not running"))
+                return fut
+            self._pending[rid] = fut
+        line = json.dumps({"id": rid, "op": op, "args": args}, separators=(",", ":")) + "\n"
+        try:
+            with self._write_lock:
+                self.proc.stdin.write(line.encode())
+                self.proc.stdin.flush()
+        except (OSError, ValueError) as exc:
+            with self._lock:
+                self._pending.pop(rid, None)
+            fut.set_exception(AgentFailed(f"{self.node}/{self.role}: cannot write to agent: {exc}"))
+        return fut
+
+    def call(self, op: str, timeout: float | None = 60, **args):
+        fut = self.call_async(op, **args)
+        try:
+            return fut.result(timeout)
+        except TimeoutError:
+            raise AgentFailed(f"{self.node}/{self.role}: {op} timed out after {timeout} s") from None
+
+    def wait_ready(self, timeout: float) -> None:
+        if not self.ready.wait(timeout) or self.dead.is_set():
+            raise AgentFailed(f"{self.node}/{self.role}: agent did not start ({self.death_reason or 'no ready event'})")
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close stdin (the agent tears down) and make sure the process is gone."""
+        try:
+            self.proc.stdin.close()
+        except (OSError, ValueError):
+            pass
+        if self.proc.wait(timeout) is None:
+            self.proc.kill()
+        self.dead.set()
+
+
+def clock_probe(handle: AgentHandle, samples: int = 8) -> dict:
+    """NTP-style offset of the node clock vs ours: the minimum-RTT sample wins.
+
+    offset = node_time - controller_time; uncertainty = rtt / 2 of that sample.
+    """
+    best = None
+    for _ in range(max(8, samples)):
+        t0 = time.time_ns()
+        r = handle.call("clock", timeout=10)
+        t1 = time.time_ns()
+        rtt = t1 - t0
+        off = int(r["t_ns"]) - (t0 + t1) // 2
+        if best is None or rtt < best[0]:
+            best = (rtt, off)
+    assert best is not None
+    return {"offset_ns": best[1], "uncertainty_ns": best[0] // 2, "rtt_ns": best[0], "samples": max(8, samples),
+            "at_ns": time.time_ns()}

@@ -1,0 +1,104 @@
+"""Node roles: one table from which config validation, provisioning, checks, runs and recovery read.
+
+A role names the agent a node runs (``python -m <agent_module>``), the
+optional-dependency group provisioning installs for it, what ``hilbed check``
+verifies on a node that has it, whether its clock stamps records (so the run
+measures its offset), and the step that brings a freshly started agent to
+the state a run needs (also after a reconnect). Adding a role is one
+:func:`register_role` call; nothing else enumerates roles.
+
+The steps get the run context duck-typed (``agent(node, role)``,
+``scenario``, ``testbed``, ``edge_port``...), so this module imports nothing
+from the run layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+#: what ``hilbed check`` can verify on a node because of its role
+CHECK_GPU = "gpu"          # torch/CUDA where the node's device asks for it
+CHECK_IPERF3 = "iperf3"    # the iperf3 program
+CHECKS = (CHECK_GPU, CHECK_IPERF3)
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    agent_module: str
+    #: optional-dependency group of pyproject.toml provisioning installs on the node
+    extra: str
+    checks: tuple[str, ...] = ()
+    #: its agent stamps record timestamps, so the run measures the node's clock offset
+    stamps_records: bool = False
+    #: started only when the scenario needs it (``needed(scenario, testbed)``); None: always
+    needed: Callable[[Any, Any], bool] | None = None
+    #: brings a freshly started agent to the run's state: ``prepare(ctx, node)``
+    prepare: Callable[[Any, str], None] | None = None
+    description: str = ""
+
+    def is_needed(self, scenario: Any, testbed: Any) -> bool:
+        return True if self.needed is None else bool(self.needed(scenario, testbed))
+
+
+ROLES: dict[str, Role] = {}
+
+
+def register_role(role: Role) -> Role:
+    """Add a role (a plug-in's or a test's); the name must be new."""
+    if role.name in ROLES:
+        raise ValueError(f"role {role.name!r} is registered already")
+    bad = [c for c in role.checks if c not in CHECKS]
+    if bad:
+        raise ValueError(f"role {role.name!r}: unknown checks {bad} (allowed: {', '.join(CHECKS)})")
+    ROLES[role.name] = role
+    return role
+
+
+def unregister_role(name: str) -> None:
+    ROLES.pop(name, None)
+
+
+def role(name: str) -> Role:
+    try:
+        return ROLES[name]
+    except KeyError:
+        raise KeyError(f"unknown role {name!r} (allowed: {', '.join(ROLES)})") from None
+
+
+def role_names() -> tuple[str, ...]:
+    return tuple(ROLES)
+
+
+# ------------------------------------------------------------ built-in roles ---
+
+def _prepare_edge(ctx: Any, node: str) -> None:
+    """Load the model and listen (on the port it had, after a reconnect)."""
+    edge = ctx.agent(node, "edge")
+    cfg = ctx.testbed.nodes[node]
+    wl = ctx.scenario.workload
+    ctx.manifest["model"] = edge.call("load", timeout=900, model=wl.model, device=cfg.device, size=wl.image_size)
+    if ctx.all_local:  # codecs that fit on first use (GRACE, AutoJPEG, AdaCompress) fit now, not inside a trial
+        from hilbed.nodes.codecs import codec_class
+        for cc in ctx.scenario.codecs:
+            codec_class(cc.codec).prepare(cc.params)
+    host = "127.0.0.1" if ctx.all_local else "0.0.0.0"
+    ctx.edge_port = edge.call("listen", host=host, port=ctx.edge_port or cfg.edge_port)["port"]
+
+
+def _prepare_client(ctx: Any, node: str) -> None:
+    wl = ctx.scenario.workload
+    ctx.agent(node, "client").call("configure", node=node, dataset=wl.dataset, size=wl.image_size, seed=wl.seed)
+
+
+def _jams(scenario: Any, testbed: Any) -> bool:
+    return any(c.jamming != "none" or c.jamming_schedule for c in scenario.conditions)
+
+
+register_role(Role("client", "hilbed.nodes.client", "client", stamps_records=True, prepare=_prepare_client,
+                   description="plays the image stream: encode, send over the link, await the reply"))
+register_role(Role("edge", "hilbed.nodes.edge", "edge", checks=(CHECK_GPU,), stamps_records=True,
+                   prepare=_prepare_edge, description="receives, decodes and infers (CUDA when present)"))
+register_role(Role("jammer", "hilbed.nodes.jammer", "jammer", checks=(CHECK_IPERF3,), needed=_jams,
+                   description="loads the medium with iperf3 traffic at the scenario's jamming levels"))

@@ -1,0 +1,204 @@
+"""Keeping a run going when a node flaps: reconnect, restart its agents, re-run the trial.
+
+A trial is interrupted when any agent's channel dies during it (the node
+rebooted, Wi-Fi dropped, sshd was killed; the SSH watchdog turns a silent
+link into a closed channel). Then:
+
+1. the incident is recorded (``events.jsonl``: ``incident`` and
+   ``trial_interrupted``),
+2. each dead node is reconnected with exponential backoff (tenacity), its
+   agents are restarted and brought back to the state the condition needs
+   (edge: model loaded and listening; clients: configured, links open;
+   jammer: level set), and its clock offset is measured again,
+3. the whole trial is re-run. Records are keyed by (trial_id, client,
+   image_index) and the store's merge keeps the last one, so the re-run
+   supersedes whatever the interrupted attempt wrote: none lost, none
+   duplicated in results.parquet, and trials.jsonl still holds everything
+   that was measured.
+
+After ``max_incidents`` interruptions, or when a node stays unreachable
+through every reconnect attempt, the run stops cleanly (:class:`RunStopped`)
+and ``hilbed resume`` continues it later; :func:`resume_done_keys` makes
+resume redo trials whose interruption was never recovered.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from hilbed.orchestrator.run.runner import AGENT_MODULES, RunError
+from hilbed.orchestrator.lab.transport import AgentFailed, AgentHandle, clock_probe
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hilbed.orchestrator.run.runner import Runner
+
+log = logging.getLogger("hilbed.reconnect")
+
+try:  # the SSH transport is optional (needs fabric/paramiko)
+    from hilbed.orchestrator.lab.ssh import SSHError
+except ImportError:  # pragma: no cover
+    class SSHError(RuntimeError):  # type: ignore[no-redef]
+        pass
+
+RETRYABLE = (SSHError, AgentFailed, OSError, TimeoutError, EOFError)
+#: defaults for every run: interruptions tolerated per run, reconnect attempts per incident, backoff (first, max) s
+MAX_INCIDENTS = 3
+RECONNECT_ATTEMPTS = 6
+BACKOFF_S = (0.5, 8.0)
+
+
+class RunStopped(RunError):
+    """The run stopped cleanly after too many incidents; ``hilbed resume`` continues it."""
+
+
+class Recovery:
+    """Wraps the runner's ``_run_trial`` with incident handling."""
+
+    def __init__(self, run: "Runner", port: int, *, max_incidents: int | None = None,
+                 reconnect_attempts: int | None = None, backoff_s: tuple[float, float] | None = None):
+        self.run = run
+        self.port = port
+        self.max_incidents = MAX_INCIDENTS if max_incidents is None else max_incidents
+        self.reconnect_attempts = RECONNECT_ATTEMPTS if reconnect_attempts is None else reconnect_attempts
+        self.backoff_s = BACKOFF_S if backoff_s is None else backoff_s
+        self.incidents = 0
+
+    # -- the wrapped trial ------------------------------------------------
+    def run_trial(self, t: Any, remaining: dict[str, list[int]], cond: Any) -> None:
+        attempt = 0
+        while True:
+            err: Exception | None = None
+            try:
+                self.run._run_trial(t, remaining)
+            except AgentFailed as exc:
+                err = exc
+            dead = self.dead_nodes()
+            if not dead:
+                if err is not None:
+                    raise err
+                if attempt:
+                    self.run.store.append_event("trial_recovered", trial_id=t.id, attempts=attempt + 1)
+                return
+            attempt += 1
+            self.incidents += 1
+            reasons = {n: self._reason(n) for n in dead}
+            self.run.store.append_event("incident", trial_id=t.id, nodes=dead, reasons=reasons, attempt=attempt,
+                                        error=str(err) if err else "agent channel closed during the trial")
+            self.run.store.append_event("trial_interrupted", trial_id=t.id, attempt=attempt)
+            self.run.console.print(f"[yellow]incident {self.incidents}/{self.max_incidents}: "
+                                   f"{', '.join(f'{n} ({r})' for n, r in reasons.items())}: reconnecting[/]")
+            if self.incidents > self.max_incidents:
+                raise RunStopped(
+                    f"stopped after {self.incidents} incidents (limit {self.max_incidents}); the run is saved: "
+                    f"`hilbed resume {self.run.store.root}` continues it")
+            self.recover(dead, cond, t)
+
+    def dead_nodes(self) -> list[str]:
+        return sorted({node for (node, _), h in self.run.handles.items() if h.dead.is_set()})
+
+    def _reason(self, node: str) -> str:
+        t = self.run.transports.get(node)
+        why = getattr(t, "last_error", None)
+        hs = [h for (n, _), h in self.run.handles.items() if n == node and h.dead.is_set()]
+        return why or (hs[0].death_reason if hs else "") or "channel closed"
+
+    # -- recovery ---------------------------------------------------------
+    def recover(self, nodes: list[str], cond: Any, trial: Any = None) -> None:
+        """Reconnect ``nodes`` and restore the condition's state; RunStopped when a node stays away."""
+        t0 = time.monotonic()
+        retrying = Retrying(stop=stop_after_attempt(self.reconnect_attempts),
+                            wait=wait_exponential(multiplier=self.backoff_s[0], max=self.backoff_s[1]),
+                            retry=retry_if_exception_type(RETRYABLE), reraise=True,
+                            before_sleep=lambda rs: self.run.store.append_event(
+                                "reconnect_retry", nodes=nodes, attempt=rs.attempt_number,
+                                error=str(rs.outcome.exception()) if rs.outcome else None))
+        try:
+            for attempt in retrying:
+                with attempt:
+                    self._restore(nodes, cond, trial)
+        except RETRYABLE as exc:
+            self.run.store.append_event("reconnect_failed", nodes=nodes, error=str(exc))
+            raise RunStopped(
+                f"{', '.join(nodes)} still unreachable after {self.reconnect_attempts} attempts ({exc}); the run "
+                f"stopped cleanly: `hilbed resume {self.run.store.root}` continues it when the node is back") from None
+        self.run.store.append_event("recovered", nodes=nodes, seconds=round(time.monotonic() - t0, 3))
+
+    def _restore(self, nodes: list[str], cond: Any, trial: Any) -> None:
+        run = self.run
+        restarted: set[tuple[str, str]] = set()
+        for node in nodes:
+            t = run.transports[node]
+            if hasattr(t, "reconnect"):
+                t.reconnect()
+            for (n, role), old in list(run.handles.items()):
+                if n != node:
+                    continue
+                try:
+                    old.proc.kill()  # a stale agent that survived the flap must not hold ports or radios
+                except Exception:
+                    pass
+                proc = t.start_agent(AGENT_MODULES[role], [], run.store.logs / f"{node}-{role}.log")
+                h = AgentHandle(node, role, proc, run._on_event)
+                run.handles[(node, role)] = h
+                restarted.add((node, role))
+            for (n, role) in restarted:
+                if n == node:
+                    run.handles[(n, role)].wait_ready(60)
+        edge = run.testbed.edge
+        if (edge, "edge") in restarted:
+            self.port = run._prepare_edge(port=self.port)
+        for c in run.testbed.clients:
+            if (c, "client") in restarted:
+                run._prepare_client(c)
+        for node in nodes:
+            for role in ("client", "edge"):
+                if (node, role) in restarted:
+                    r = clock_probe(run.handles[(node, role)])
+                    off = run.offsets.setdefault(node, {})
+                    off.setdefault("reconnects", []).append(r)
+                    off["current"] = r
+                    break
+        run.manifest["clock_offsets"] = run.offsets
+        run.store.write_manifest(run.manifest)
+        run._open_links(cond, run.testbed.nodes[edge].address, self.port)
+        if any(role == "jammer" for (_, role) in restarted) or (edge, "edge") in restarted:
+            jam = run._set_jamming(cond)
+            if trial is not None and trial.id in run._ctx:
+                run._ctx[trial.id].jammer = jam
+
+
+def _events(path: Path) -> list[dict]:
+    out = []
+    if not path.exists():
+        return out
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def open_interruptions(events_path: Path) -> set[str]:
+    """Trials whose last interruption was never followed by a recovered attempt."""
+    state: dict[str, bool] = {}
+    for ev in _events(Path(events_path)):
+        k = ev.get("kind")
+        if k == "trial_interrupted":
+            state[ev["trial_id"]] = True
+        elif k == "trial_recovered":
+            state[ev["trial_id"]] = False
+    return {tid for tid, open_ in state.items() if open_}
+
+
+def resume_done_keys(store: Any) -> set[tuple[str, str, int]]:
+    """Keys ``hilbed resume`` may skip: finished, and not from a trial left interrupted."""
+    bad = open_interruptions(store.events_path)
+    return {k for k in store.done_keys() if k[0] not in bad}

@@ -1,0 +1,266 @@
+"""PNC: tail-drop, the per-channel Huffman coder, block packing, partial decode,
+the numpy encoder against torch, and a progressive run with a tight deadline.
+
+Runs in the main venv (torch, no compressai). The teacher is a randomly
+initialised CIFAR ResNet-8 and the data synthetic, so nothing here needs
+../shared/data; the fitted model is tiny, the behaviour is what is checked.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hilbed.nodes.codecs import CodecParamsError, make_codec
+from hilbed.nodes.codecs.artifacts import ArtifactStore
+from hilbed.nodes.codecs.pnc import (
+    ChannelCoder,
+    PncArch,
+    PncCodec,
+    build_modules,
+    canonical_codes,
+    huffman_lengths,
+    load_pnc,
+    tail_drop_mask,
+)
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory) -> str:
+    from hilbed.nodes.workload.models import CifarResNet
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "resnet8.th"
+    torch.save({"state_dict": CifarResNet(1).state_dict(), "best_prec1": 0.0}, path)
+    return f"cifar-resnet:{path}"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> ArtifactStore:
+    return ArtifactStore(tmp_path_factory.mktemp("artifacts"))
+
+
+@pytest.fixture(scope="module")
+def fitted(store, teacher_ckpt, monkeypatch_module):
+    from hilbed.nodes.codecs.neural_common import load_images
+    from hilbed.nodes.codecs.pnc import PRESETS, fit_pnc
+    monkeypatch_module.setenv("HILBED_ARTIFACTS", str(store.root))
+    data = load_images("synthetic:192", 32)
+    art = fit_pnc(data, teacher_ckpt, fit=PRESETS["tiny"], store=store, limit=192)
+    return art
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def images():
+    from hilbed.nodes.workload.synthetic import make_image
+    return np.stack([make_image(i, "test", 0, 32)[0] for i in range(12)])
+
+
+# ----------------------------------------------------------- tail-drop ---
+
+def test_tail_drop_keeps_a_prefix_of_channels_uniformly():
+    gen = torch.Generator().manual_seed(0)
+    mask, keep = tail_drop_mask(6000, 8, gen)
+    assert mask.shape == (6000, 8)
+    # each row is 1...1 0...0 with keep ones; channel 0 is never dropped
+    assert torch.equal(mask.sum(1), keep.float())
+    assert torch.all(mask[:, 0] == 1)
+    assert torch.all(mask[:, 1:] <= mask[:, :-1])
+    counts = torch.bincount(keep, minlength=9)[1:].float()
+    assert counts.min() > 0.8 * 6000 / 8 and counts.max() < 1.2 * 6000 / 8  # K uniform on 1..M
+    # channel c survives with probability (M - c) / M: earlier channels train more often
+    surv = mask.mean(0)
+    assert torch.all(surv[:-1] > surv[1:])
+
+
+def test_decoder_shapes_for_cifar_and_imagenet_sizes():
+    for arch in (PncArch(size=32, stride=4), PncArch(size=224, stride=8, enc_width=16, channels=10, dec_width=32)):
+        enc, dec = build_modules(arch)
+        assert sum(isinstance(m, torch.nn.Conv2d) for m in enc) == 2
+        assert sum(isinstance(m, torch.nn.Conv2d) for m in dec) == 5
+        z = enc(torch.rand(1, 3, arch.size, arch.size))
+        assert z.shape == (1, arch.channels, arch.latent_hw, arch.latent_hw)
+        assert dec(torch.sigmoid(z)).shape == (1, 3, arch.size, arch.size)
+
+
+# -------------------------------------------------------- entropy coder ---
+
+def test_huffman_lengths_are_a_complete_prefix_code_within_16_bits():
+    rng = np.random.default_rng(0)
+    for freq in (rng.integers(0, 1000, 64), np.r_[10 ** 9, np.ones(63)], np.zeros(64), 2.0 ** -np.arange(64) * 1e30):
+        ln = huffman_lengths(freq)
+        assert ln.max() <= 16 and ln.min() >= 1
+        assert abs(np.sum(2.0 ** -ln.astype(float)) - 1.0) < 1e-9  # Kraft equality: every 16-bit window decodes
+        codes = canonical_codes(ln)
+        words = {format(int(c), f"0{int(l)}b") for c, l in zip(codes, ln)}
+        assert len(words) == 64
+        assert not any(a != b and b.startswith(a) for a in words for b in words)
+
+
+def _coder(seed=0, m=6, k=64):
+    rng = np.random.default_rng(seed)
+    hist = rng.integers(1, 500, (m, k)) * (rng.random((m, k)) < 0.7)
+    return ChannelCoder(np.stack([huffman_lengths(h) for h in hist])), rng
+
+
+def test_channel_coder_round_trip_and_truncation():
+    coder, rng = _coder()
+    sym = rng.integers(0, 64, (6, 49)).astype(np.uint8)
+    data, cum_bits = coder.encode(sym)
+    assert len(data) == (cum_bits[-1] + 7) // 8
+    assert np.array_equal(coder.decode(data, 49, 6), sym)
+    # any prefix: exactly the channels whose last bit arrived, and they are right
+    for nbytes in range(len(data) + 1):
+        got = coder.decode(data[:nbytes], 49, 6)
+        expect = int((cum_bits <= 8 * nbytes).sum())
+        assert got.shape == (expect, 49)
+        assert np.array_equal(got, sym[:expect])
+    # channel_bits agrees with the encoder's bit counts
+    assert np.array_equal(np.cumsum(coder.channel_bits(sym[None])[0]), cum_bits)
+
+
+# ------------------------------------------------------------ the codec ---
+
+def test_params_are_checked():
+    with pytest.raises(CodecParamsError):
+        make_codec("pnc", {"artifact": "grace-0123456789ab"})
+    with pytest.raises(CodecParamsError):
+        make_codec("pnc", {"block_bytes": 0})
+    with pytest.raises(CodecParamsError):
+        make_codec("pnc", {"fit_preset": "huge"})
+    assert PncCodec.progressive and PncCodec.validate({})["block_bytes"] == 64
+
+
+def test_auto_fit_once_per_settings(store, teacher_ckpt, monkeypatch):
+    """No artifact param: the codec fits on first use, and every later instance reuses that fit."""
+    monkeypatch.setenv("HILBED_ARTIFACTS", str(store.root))
+    params = {"fit_dataset": "synthetic", "fit_model": teacher_ckpt, "fit_preset": "tiny"}
+    a = make_codec("pnc", params)
+    enc = a.encode(np.zeros((32, 32, 3), np.uint8))
+    b = make_codec("pnc", params)
+    assert b.artifact_id == a.artifact_id == enc.meta["artifact"]
+    assert b.decode(enc.chunks, len(enc.chunks)).shape == (32, 32, 3)
+
+
+def test_numpy_encoder_matches_torch(fitted, images):
+    from hilbed.nodes.codecs.neural_common import load_state, to_unit
+    m = load_pnc(fitted.id)
+    enc, _ = build_modules(m.arch)
+    load_state(enc, m.weights, "encoder.")
+    with torch.no_grad():
+        ref = torch.round(torch.sigmoid(enc(to_unit(images))) * m.arch.levels).to(torch.int64).numpy()
+    ours = np.stack([m.encoder.symbols(im) for im in images]).reshape(ref.shape)
+    assert (ours == ref).mean() > 0.999  # float32 rounding may flip a value sitting on a .5 boundary
+    assert np.abs(ours.astype(int) - ref).max() <= 1
+
+
+def test_blocks_and_partial_decode(fitted, images, monkeypatch):
+    monkeypatch.setenv("HILBED_ARTIFACTS", str(Path(fitted.path).parent))
+    c = PncCodec(artifact=fitted.id, block_bytes=64)
+    m = c.model
+    for im in images[:4]:
+        enc = c.encode(im)
+        sizes = [len(ch) for ch in enc.chunks]
+        assert all(s == 64 for s in sizes[:-1]) and 0 < sizes[-1] <= 64
+        assert enc.header_bytes == 0 and enc.meta["channels"] == m.arch.channels
+        sym = m.encoder.symbols(im)
+        end_bytes = (np.asarray(enc.meta["channel_end_bits"]) + 7) // 8
+        assert end_bytes[-1] == enc.total_bytes
+        prev = -1
+        for k in range(1, len(enc.chunks) + 1):
+            got = c.decode_symbols(enc.chunks[:k])
+            n_ch = int((end_bytes <= 64 * k).sum())
+            assert got.shape[0] == n_ch >= prev  # more blocks never lose channels
+            assert np.array_equal(got, sym[:n_ch])
+            prev = n_ch
+            pix = c.decode(enc.chunks[:k], len(enc.chunks))
+            if n_ch == 0:
+                assert pix is None
+                continue
+            # the missing channels are zeroed, exactly as in training
+            full = np.zeros((1, m.arch.channels, sym.shape[1]), np.uint8)
+            full[0, :n_ch] = sym[:n_ch]
+            assert np.array_equal(pix, m.pixels(full, np.array([n_ch]))[0])
+            assert pix.shape == (32, 32, 3) and pix.dtype == np.uint8
+        assert prev == m.arch.channels
+
+
+def test_small_blocks_can_miss_and_max_channels_caps_the_rate(fitted, images, monkeypatch):
+    monkeypatch.setenv("HILBED_ARTIFACTS", str(Path(fitted.path).parent))
+    c8 = PncCodec(artifact=fitted.id, block_bytes=8)
+    enc = c8.encode(images[0])
+    assert c8.decode(enc.chunks[:1], len(enc.chunks)) is None  # 8 bytes hold no complete channel
+    capped = PncCodec(artifact=fitted.id, max_channels=4).encode(images[0])
+    assert capped.meta["channels"] == 4 and capped.total_bytes < PncCodec(artifact=fitted.id).encode(images[0]).total_bytes
+
+
+def test_artifact_records_the_fit(fitted):
+    meta = fitted.meta
+    assert meta["family"] == "pnc" and meta["arch"]["channels"] == 16 and meta["arch"]["bits"] == 6
+    assert meta["fit"]["n_train"] == 192 and meta["fit"]["teacher"].startswith("cifar-resnet:")
+    assert len(meta["results"]["train_bytes_per_channel"]) == 16
+    assert {"weights.npz", "huffman.npz", "meta.json"} <= {p.name for p in Path(fitted.path).iterdir()}
+    # the client side needs numpy only: the encoder weights load without torch
+    with np.load(Path(fitted.path) / "weights.npz", allow_pickle=False) as z:
+        assert {"encoder.conv1.weight", "encoder.conv2.bias"} <= set(z.files)
+
+
+# ------------------------------------------------- progressive end to end ---
+
+@pytest.mark.slow
+def test_tight_deadline_gives_partial_but_correct_decodes(fitted, teacher_ckpt, repo, tmp_path, monkeypatch):
+    """Embedded testbed, 16 kbit/s trace link, 120 ms deadline: some blocks arrive, never all."""
+    import pandas as pd
+
+    from hilbed.orchestrator.run.runner import Runner
+    monkeypatch.setenv("HILBED_ARTIFACTS", str(Path(fitted.path).parent))
+    n = 6
+    scenario = tmp_path / "pnc-tight.yaml"
+    scenario.write_text(f"""
+name: pnc-tight
+workload: {{dataset: synthetic, model: "{teacher_ckpt}", images_per_trial: {n}, image_size: 32}}
+stream: {{period_ms: 120}}
+codecs:
+  - {{codec: pnc, params: {{artifact: {fitted.id}}}, label: pnc}}
+conditions:
+  - {{name: tight, link: {{kind: trace, rate_kbps: 16, delay_ms: 5, packet_bytes: 64}}, jamming: none}}
+""")
+    out = Runner(repo / "testbed.yaml", scenario, results_dir=tmp_path / "runs", quiet=True, make_report=False).execute()
+    assert out.state == "complete" and out.records == n
+    recs = [json.loads(line) for line in (out.run_dir / "trials.jsonl").read_text().splitlines()]
+    assert len(recs) == n
+    codec = PncCodec(artifact=fitted.id)
+    from hilbed.nodes.workload import open_dataset
+    from hilbed.nodes.workload.models import load_model
+    ds = open_dataset("synthetic", 32, 0)
+    model = load_model(teacher_ckpt, "cpu", 32)
+    partial = 0
+    for r in recs:
+        assert r["error"] is None
+        assert 0 < r["chunks_delivered"] < r["chunks_total"]  # the deadline cut the stream
+        assert not r["deadline_met"]
+        assert 64 * r["chunks_delivered"] <= r["bytes_delivered"] < 64 * (r["chunks_delivered"] + 1)
+        partial += 1
+        # what the edge classified is what this prefix decodes to
+        enc = codec.encode(ds[r["image_index"]][0])
+        assert r["bytes_total"] == enc.total_bytes and r["chunks_total"] == len(enc.chunks)
+        pix = codec.decode(enc.chunks[:r["chunks_delivered"]], len(enc.chunks))
+        if pix is None:
+            assert not r["decoded"]
+            continue
+        assert r["decoded"]
+        assert r["top5"][0] == int(np.argmax(model.predict(pix[None])[0]))
+    assert partial == n
+    df = pd.read_parquet(out.run_dir / "results.parquet")
+    assert len(df) == n
