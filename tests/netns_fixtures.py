@@ -8,7 +8,6 @@ not root, no iproute2, no sshd.
 
 from __future__ import annotations
 
-import inspect
 import os
 from pathlib import Path
 
@@ -33,18 +32,6 @@ def write_scenario(path: Path, name: str = "netns-smoke", images: int = 5, perio
     path.write_text(TINY_SCENARIO.format(name=name, images=images, period=period_ms, jamming=jamming,
                                          codecs="\n".join(f"  - {c}" for c in codecs)))
     return path
-
-
-def runner_has_lab_hooks() -> bool:
-    """True once orchestrator/run/runner.py carries the preflight + reconnect patch."""
-    from hilbed.orchestrator.run import runner
-    src = inspect.getsource(runner)
-    return "preflight(" in src and "Recovery(" in src
-
-
-requires_runner_hooks = pytest.mark.skipif(
-    not runner_has_lab_hooks(),
-    reason="orchestrator/run/runner.py lacks the lab hooks (preflight, Recovery): apply the runner patch from the lab work")
 
 
 @pytest.fixture(scope="session")

@@ -18,9 +18,6 @@ from .schedule import ByteServer, CapacitySchedule, ConstantRate, OpportunitySch
 from .tcp import DirectLink, Link, SendReport, ShapedLink
 from .traces import TraceError, load_schedule
 
-LINK_KINDS = ("direct", "trace", "tc", "radio")
-
-
 def schedule_for(rate_kbps: float | None, trace: str | None, loop: bool, opportunity_bytes: int) -> CapacitySchedule | None:
     if trace:
         return load_schedule(trace, loop=loop, opportunity_bytes=opportunity_bytes)
@@ -41,21 +38,10 @@ def schedules_for_spec(spec: dict[str, Any]) -> tuple[CapacitySchedule, Capacity
 
 
 def open_link(spec: dict[str, Any], host: str, port: int, edge_minus_client_ns: int = 0, seed: int = 0) -> Link:
-    kind = spec.get("kind", "direct")
-    if kind in ("direct", "tc"):
-        return DirectLink(host, port, edge_minus_client_ns)
-    if kind == "trace":
-        up, down = schedules_for_spec(spec)
-        return ShapedLink(host, port, up, down, edge_minus_client_ns, delay_ms=spec.get("delay_ms", 0.0),
-                          loss=spec.get("loss", 0.0), packet_bytes=spec.get("packet_bytes", 1024), seed=seed,
-                          log_path=spec.get("log_path"), medium_file=spec.get("medium_file"),
-                          queue_bytes=spec.get("queue_bytes"))
-    if kind == "radio":
-        from .radio import open_radio_link  # needs firmware_bridge and pyserial
-        return open_radio_link(spec, host, port, edge_minus_client_ns, seed=seed)
-    raise ValueError(f"unknown link kind {kind!r} (allowed: {', '.join(LINK_KINDS)})")
+    """The client side of ``spec["kind"]`` (see :mod:`hilbed.nodes.link.registry`)."""
+    from hilbed.nodes.link.registry import link_kind
+    return link_kind(spec.get("kind", "direct")).open_link(spec, host, port, edge_minus_client_ns, seed)
 
 
 __all__ = ["ByteServer", "CapacitySchedule", "ConstantRate", "DirectLink", "Link", "OpportunitySchedule",
-           "PiecewiseRate", "SendReport", "ShapedLink", "TraceError", "open_link", "schedules_for_spec",
-           "LINK_KINDS"]
+           "PiecewiseRate", "SendReport", "ShapedLink", "TraceError", "open_link", "schedules_for_spec"]

@@ -14,13 +14,8 @@ import time
 
 from hilbed.firmware_bridge import MessageSender, open_radio
 
-from .tcp import Link, SendReport, wall_ns
-
-EDGE_SHORT_ADDR = 0x0100
-
-
-def client_short_addr(index: int) -> int:
-    return 0x0001 + index
+from hilbed.nodes.link.addressing import EDGE_SHORT_ADDR, client_short_addr
+from hilbed.nodes.link.tcp import Link, SendReport, wall_ns
 
 
 class RadioLink(Link):
@@ -54,7 +49,7 @@ class RadioLink(Link):
         self.totals["retries"] += r.retries
         self.totals["cca_failures"] += r.cca_failures
         self.totals["aborted"] += int(r.aborted)
-        from .. import wire
+        from hilbed.nodes import wire
         self._write(wire.end_frame(msg_id, r.aborted))
         return rep
 

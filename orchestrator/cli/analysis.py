@@ -100,7 +100,7 @@ def cmd_compare(args) -> int:
 # -------------------------------------------------------------- schedule ---
 
 def cmd_schedule_install(args) -> int:
-    from hilbed.orchestrator.run import scheduled as sch
+    from hilbed.orchestrator.cli import scheduled as sch
     from hilbed.orchestrator.cli.defaults import DEFAULT_TESTBED, default_path
     try:
         s, done = sch.install(args.name, args.scenario, args.baseline,
@@ -120,7 +120,7 @@ def cmd_schedule_install(args) -> int:
 def cmd_schedule_list(args) -> int:
     from rich.table import Table
 
-    from hilbed.orchestrator.run import scheduled as sch
+    from hilbed.orchestrator.cli import scheduled as sch
     rows = sch.list_schedules(args.state_dir)
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -139,7 +139,7 @@ def cmd_schedule_list(args) -> int:
 
 
 def cmd_schedule_remove(args) -> int:
-    from hilbed.orchestrator.run import scheduled as sch
+    from hilbed.orchestrator.cli import scheduled as sch
     try:
         for line in sch.remove(args.name, args.state_dir, purge=args.purge):
             print(line)
@@ -150,7 +150,7 @@ def cmd_schedule_remove(args) -> int:
 
 
 def cmd_schedule_run(args) -> int:
-    from hilbed.orchestrator.run import scheduled as sch
+    from hilbed.orchestrator.cli import scheduled as sch
     try:
         rc, entry = sch.run_scheduled(args.name, args.state_dir)
     except sch.ScheduleError as exc:
@@ -161,7 +161,7 @@ def cmd_schedule_run(args) -> int:
 
 
 def cmd_schedule_pin(args) -> int:
-    from hilbed.orchestrator.run import scheduled as sch
+    from hilbed.orchestrator.cli import scheduled as sch
     try:
         s = sch.load_schedule(args.name, args.state_dir)
         sch.pin_baseline(args.baseline, s.dir / "baseline")

@@ -1,9 +1,10 @@
 """``hilbed fit FAMILY ...`` and ``hilbed eval-codecs ...``.
 
-``fit`` discovers families through :data:`hilbed.nodes.codecs.LAZY_CODECS`: a codec
-module that defines ``fit_cli(parser)`` and ``fit_main(args, store)`` is a
-family (see docs/codecs.md). The family's module is imported only when it is
-asked for, so ``hilbed`` stays quick and torch-free for other commands.
+``fit`` discovers families through :data:`hilbed.nodes.codecs.LAZY_CODECS`: for a
+codec module ``hilbed.nodes.codecs.X``, the module ``hilbed.nodes.codecs.fitting.X``
+is a family when it defines ``fit_cli(parser)`` and ``fit_main(args, store)``
+(see docs/codecs.md). The family's module is imported only when it is asked
+for, so ``hilbed`` stays quick and torch-free for other commands.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def _progress_cb(con, quiet: bool):
 # ------------------------------------------------------------------ fit ---
 
 def cmd_fit(args) -> int:
-    from hilbed.nodes.codecs.fit import fit_families, fit_module
+    from hilbed.nodes.codecs.fitting import fit_families, fit_module
     fams = fit_families()
     if args.family not in fams:
         print(f"hilbed fit: unknown family {args.family!r} (allowed: {', '.join(sorted(fams))})", file=sys.stderr)
@@ -112,9 +113,9 @@ def cmd_fit(args) -> int:
 
 def cmd_eval(args) -> int:
     from hilbed.nodes.codecs import codec_class
-    from hilbed.nodes.codecs.evaluate import (compare_to_reference, evaluate_prefixes, evaluate_variant, parse_variants,
-                                       write_outputs)
-    from hilbed.nodes.codecs.fit import dataset_spec, load_images, load_target, open_dataset
+    from hilbed.nodes.codecs.fitting.evaluate import (compare_to_reference, evaluate_prefixes, evaluate_variant,
+                                                      parse_variants, write_outputs)
+    from hilbed.nodes.codecs.fitting import dataset_spec, load_images, load_target, open_dataset
     if args.store:
         os.environ["HILBED_ARTIFACTS"] = str(Path(args.store).resolve())
     con = _console()
@@ -192,7 +193,7 @@ def cmd_eval(args) -> int:
 
 
 def register(sub) -> None:
-    from hilbed.nodes.codecs.fit import fit_families
+    from hilbed.nodes.codecs.fitting import fit_families
     fams = sorted(fit_families())
     f = sub.add_parser("fit", help="fit a codec's artifacts (tables, weights, agents) for a dataset and model",
                        description="Fit codec artifacts into the content-hashed artifact store and print their ids. "

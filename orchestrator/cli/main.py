@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from hilbed.orchestrator.run.runner import RunError
+        from hilbed.orchestrator.errors import RunError
         if isinstance(exc, RunError):
             print(f"hilbed: {exc}", file=sys.stderr)
             return 1

@@ -256,7 +256,7 @@ def check_testbed(testbed: Any, transports: dict[str, Transport] | None = None, 
     """Check every node in parallel. Transports given are used (and left open); missing ones are
     created, stored into ``transports`` when it is a dict, else closed afterwards."""
     from hilbed.orchestrator.lab.provision import source_hash
-    from hilbed.orchestrator.run.runner import make_transport
+    from hilbed.orchestrator.lab.connect import make_transport
     names = list(nodes) if nodes else list(testbed.nodes)
     sh = source_hash() if any(testbed.nodes[n].transport.kind == "ssh" for n in names) else None
     trs = transports if transports is not None else {}
@@ -334,25 +334,3 @@ def render_checks(checks: list[NodeCheck], console=None, title: str = "testbed c
         con.print(f"[red]{len(bad)} of {len(checks)} node(s) not ready: {', '.join(nc.node for nc in bad)}[/]")
     else:
         con.print(f"[green]all {len(checks)} nodes ready[/]")
-
-
-def preflight(run: Any) -> list[NodeCheck]:
-    """The check before a run (called by the Runner): refuse to start while a node fails.
-
-    Uses and keeps the runner's transports; records the node facts in the manifest.
-    """
-    from hilbed.orchestrator.run.runner import RunError
-    sc = run.scenario
-    need_radio = any(c.link.kind == "radio" for c in sc.conditions)
-    need_jammer = any(c.jamming != "none" for c in sc.conditions)
-    checks = check_testbed(run.testbed, run.transports, clock=False, need_radio=need_radio,
-                           need_jammer=need_jammer, log_dir=run.store.logs)
-    run.manifest["node_checks"] = {nc.node: nc.to_dict() for nc in checks}
-    run.store.write_manifest(run.manifest)
-    bad = [nc for nc in checks if not nc.ok]
-    run.store.append_event("preflight", ok=not bad, failed=[nc.node for nc in bad])
-    if bad:
-        render_checks(checks, run.console, title="pre-run check")
-        problems = "; ".join(p for nc in bad for p in nc.problems())
-        raise RunError(f"the testbed is not ready, nothing was started: {problems}")
-    return checks

@@ -372,7 +372,7 @@ def provision(testbed: Any, transports: dict[str, Transport] | None = None, *, n
               jobs: int = 32, installer: str = "unpack",
               on_result: Callable[[NodeResult], None] | None = None) -> ProvisionReport:
     """Provision ``testbed``'s nodes in parallel. Transports given are reused (and left open)."""
-    from hilbed.orchestrator.run.runner import make_transport
+    from hilbed.orchestrator.lab.connect import make_transport
     t0 = time.monotonic()
     wheel = build_wheel()
     names = list(nodes) if nodes else list(testbed.nodes)

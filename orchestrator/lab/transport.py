@@ -93,6 +93,8 @@ class Transport:
 
     def __init__(self, node: str):
         self.node = node
+        #: why the channel last failed (kept by transports that can tell), for incident reports
+        self.last_error: str | None = None
 
     def run(self, cmd: str | list[str], timeout: float | None = 60, check: bool = False) -> CommandResult:
         raise NotImplementedError
@@ -105,6 +107,10 @@ class Transport:
 
     def start_agent(self, module: str, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> AgentProcess:
         raise NotImplementedError
+
+    def reconnect(self) -> "Transport":
+        """Re-open the channel after the node dropped (SSH); a local node has nothing to re-open."""
+        return self
 
     def close(self) -> None:
         pass

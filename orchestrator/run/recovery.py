@@ -28,15 +28,14 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from hilbed.orchestrator.run.runner import AGENT_MODULES, RunError
-from hilbed.orchestrator.lab.transport import AgentFailed, AgentHandle, clock_probe
-
-if TYPE_CHECKING:  # pragma: no cover
-    from hilbed.orchestrator.run.runner import Runner
+from hilbed.nodes.events import RunEvent
+from hilbed.orchestrator.errors import RunStopped
+from hilbed.orchestrator.lab.transport import AgentFailed
+from hilbed.orchestrator.run.context import RunContext
 
 log = logging.getLogger("hilbed.reconnect")
 
@@ -53,29 +52,33 @@ RECONNECT_ATTEMPTS = 6
 BACKOFF_S = (0.5, 8.0)
 
 
-class RunStopped(RunError):
-    """The run stopped cleanly after too many incidents; ``hilbed resume`` continues it."""
-
-
 class Recovery:
-    """Wraps the runner's ``_run_trial`` with incident handling."""
+    """Runs trials with incident handling.
 
-    def __init__(self, run: "Runner", port: int, *, max_incidents: int | None = None,
+    ``reapply(cond, trial, restarted)`` is the run's way back to a condition's
+    state after the agents ``restarted`` [(node, role)] came back (links
+    reopened, jamming set again); the roles' prepare steps bring the restarted
+    agents themselves back first (model loaded, dataset configured).
+    """
+
+    def __init__(self, ctx: RunContext, reapply: Callable[[Any, Any, list], None], *, max_incidents: int | None = None,
                  reconnect_attempts: int | None = None, backoff_s: tuple[float, float] | None = None):
-        self.run = run
-        self.port = port
+        self.ctx = ctx
+        self.reapply = reapply
         self.max_incidents = MAX_INCIDENTS if max_incidents is None else max_incidents
         self.reconnect_attempts = RECONNECT_ATTEMPTS if reconnect_attempts is None else reconnect_attempts
         self.backoff_s = BACKOFF_S if backoff_s is None else backoff_s
         self.incidents = 0
 
     # -- the wrapped trial ------------------------------------------------
-    def run_trial(self, t: Any, remaining: dict[str, list[int]], cond: Any) -> None:
+    def run_trial(self, attempt_trial: Callable[[], None], t: Any, cond: Any) -> None:
+        """Run ``attempt_trial()``; on a node drop reconnect, restore and run it again."""
+        ctx = self.ctx
         attempt = 0
         while True:
             err: Exception | None = None
             try:
-                self.run._run_trial(t, remaining)
+                attempt_trial()
             except AgentFailed as exc:
                 err = exc
             dead = self.dead_nodes()
@@ -83,39 +86,40 @@ class Recovery:
                 if err is not None:
                     raise err
                 if attempt:
-                    self.run.store.append_event("trial_recovered", trial_id=t.id, attempts=attempt + 1)
+                    ctx.event(RunEvent.TRIAL_RECOVERED, trial_id=t.id, attempts=attempt + 1)
                 return
             attempt += 1
             self.incidents += 1
             reasons = {n: self._reason(n) for n in dead}
-            self.run.store.append_event("incident", trial_id=t.id, nodes=dead, reasons=reasons, attempt=attempt,
-                                        error=str(err) if err else "agent channel closed during the trial")
-            self.run.store.append_event("trial_interrupted", trial_id=t.id, attempt=attempt)
-            self.run.console.print(f"[yellow]incident {self.incidents}/{self.max_incidents}: "
-                                   f"{', '.join(f'{n} ({r})' for n, r in reasons.items())}: reconnecting[/]")
+            ctx.event(RunEvent.INCIDENT, trial_id=t.id, nodes=dead, reasons=reasons, attempt=attempt,
+                      error=str(err) if err else "agent channel closed during the trial")
+            ctx.event(RunEvent.TRIAL_INTERRUPTED, trial_id=t.id, attempt=attempt)
+            ctx.console.print(f"[yellow]incident {self.incidents}/{self.max_incidents}: "
+                              f"{', '.join(f'{n} ({r})' for n, r in reasons.items())}: reconnecting[/]")
             if self.incidents > self.max_incidents:
                 raise RunStopped(
                     f"stopped after {self.incidents} incidents (limit {self.max_incidents}); the run is saved: "
-                    f"`hilbed resume {self.run.store.root}` continues it")
+                    f"`hilbed resume {ctx.store.root}` continues it")
             self.recover(dead, cond, t)
 
     def dead_nodes(self) -> list[str]:
-        return sorted({node for (node, _), h in self.run.handles.items() if h.dead.is_set()})
+        return sorted({node for (node, _), h in self.ctx.handles.items() if h.dead.is_set()})
 
     def _reason(self, node: str) -> str:
-        t = self.run.transports.get(node)
-        why = getattr(t, "last_error", None)
-        hs = [h for (n, _), h in self.run.handles.items() if n == node and h.dead.is_set()]
+        t = self.ctx.transports.get(node)
+        why = t.last_error if t is not None else None
+        hs = [h for (n, _), h in self.ctx.handles.items() if n == node and h.dead.is_set()]
         return why or (hs[0].death_reason if hs else "") or "channel closed"
 
     # -- recovery ---------------------------------------------------------
     def recover(self, nodes: list[str], cond: Any, trial: Any = None) -> None:
         """Reconnect ``nodes`` and restore the condition's state; RunStopped when a node stays away."""
+        ctx = self.ctx
         t0 = time.monotonic()
         retrying = Retrying(stop=stop_after_attempt(self.reconnect_attempts),
                             wait=wait_exponential(multiplier=self.backoff_s[0], max=self.backoff_s[1]),
                             retry=retry_if_exception_type(RETRYABLE), reraise=True,
-                            before_sleep=lambda rs: self.run.store.append_event(
+                            before_sleep=lambda rs: ctx.event(
                                 "reconnect_retry", nodes=nodes, attempt=rs.attempt_number,
                                 error=str(rs.outcome.exception()) if rs.outcome else None))
         try:
@@ -123,54 +127,27 @@ class Recovery:
                 with attempt:
                     self._restore(nodes, cond, trial)
         except RETRYABLE as exc:
-            self.run.store.append_event("reconnect_failed", nodes=nodes, error=str(exc))
+            ctx.event(RunEvent.RECONNECT_FAILED, nodes=nodes, error=str(exc))
             raise RunStopped(
                 f"{', '.join(nodes)} still unreachable after {self.reconnect_attempts} attempts ({exc}); the run "
-                f"stopped cleanly: `hilbed resume {self.run.store.root}` continues it when the node is back") from None
-        self.run.store.append_event("recovered", nodes=nodes, seconds=round(time.monotonic() - t0, 3))
+                f"stopped cleanly: `hilbed resume {ctx.store.root}` continues it when the node is back") from None
+        ctx.event(RunEvent.RECOVERED, nodes=nodes, seconds=round(time.monotonic() - t0, 3))
 
     def _restore(self, nodes: list[str], cond: Any, trial: Any) -> None:
-        run = self.run
-        restarted: set[tuple[str, str]] = set()
+        ctx = self.ctx
+        restarted: list[tuple[str, str]] = []
         for node in nodes:
-            t = run.transports[node]
-            if hasattr(t, "reconnect"):
-                t.reconnect()
-            for (n, role), old in list(run.handles.items()):
-                if n != node:
-                    continue
-                try:
-                    old.proc.kill()  # a stale agent that survived the flap must not hold ports or radios
-                except Exception:
-                    pass
-                proc = t.start_agent(AGENT_MODULES[role], [], run.store.logs / f"{node}-{role}.log")
-                h = AgentHandle(node, role, proc, run._on_event)
-                run.handles[(node, role)] = h
-                restarted.add((node, role))
-            for (n, role) in restarted:
-                if n == node:
-                    run.handles[(n, role)].wait_ready(60)
-        edge = run.testbed.edge
-        if (edge, "edge") in restarted:
-            self.port = run._prepare_edge(port=self.port)
-        for c in run.testbed.clients:
-            if (c, "client") in restarted:
-                run._prepare_client(c)
+            ctx.transport(node).reconnect()
+            roles = [role for (n, role) in list(ctx.handles) if n == node]
+            handles = [ctx.start_agent(node, role) for role in roles]
+            restarted += [(node, role) for role in roles]
+            ctx.wait_ready(handles)
+        # the edge first: clients' links need its port
+        for node, role in sorted(restarted, key=lambda nr: nr[1] != "edge"):
+            ctx.prepare(node, role)
         for node in nodes:
-            for role in ("client", "edge"):
-                if (node, role) in restarted:
-                    r = clock_probe(run.handles[(node, role)])
-                    off = run.offsets.setdefault(node, {})
-                    off.setdefault("reconnects", []).append(r)
-                    off["current"] = r
-                    break
-        run.manifest["clock_offsets"] = run.offsets
-        run.store.write_manifest(run.manifest)
-        run._open_links(cond, run.testbed.nodes[edge].address, self.port)
-        if any(role == "jammer" for (_, role) in restarted) or (edge, "edge") in restarted:
-            jam = run._set_jamming(cond)
-            if trial is not None and trial.id in run._ctx:
-                run._ctx[trial.id].jammer = jam
+            ctx.remeasure_clock(node)
+        self.reapply(cond, trial, restarted)
 
 
 def _events(path: Path) -> list[dict]:

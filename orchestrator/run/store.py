@@ -18,6 +18,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from hilbed.nodes.events import RunEvent, run_event_kind
+from hilbed.nodes.record import arrow_schema
+
 
 def _fsync_dir(path: Path) -> None:
     try:
@@ -97,7 +100,8 @@ class RunStore:
         self._trials_f.flush()
         os.fsync(self._trials_f.fileno())
 
-    def append_event(self, kind: str, **fields: Any) -> None:
+    def append_event(self, kind: str | RunEvent, **fields: Any) -> None:
+        kind = run_event_kind(kind)
         if self._events_f is None:
             self._events_f = self._open(self.events_path)
         self._events_f.write(json.dumps({"t_ns": time.time_ns(), "kind": kind, **fields}, default=str) + "\n")
@@ -131,6 +135,31 @@ class RunStore:
             f.flush()
             os.fsync(f.fileno())
         return len(data) - cut
+
+    def merged_records(self) -> list[dict]:
+        """One record per (trial, client, image): the last one written wins (a re-run supersedes)."""
+        out: dict[tuple, dict] = {}
+        for r in self.records():
+            if isinstance(r, dict):
+                out[(r.get("trial_id"), r.get("client"), r.get("image_index"))] = r
+        return list(out.values())
+
+    def write_results(self) -> int:
+        """``results.parquet`` from trials.jsonl (typed by the record contract), atomically; returns rows."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        records = self.merged_records()
+        schema = arrow_schema()
+        table = pa.Table.from_pydict({f.name: [r.get(f.name) for r in records] for f in schema}, schema=schema)
+        path = self.root / "results.parquet"
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.root)
+        return len(records)
 
     def done_keys(self) -> set[tuple[str, str, int]]:
         return {(r["trial_id"], r["client"], int(r["image_index"])) for r in self.records()}

@@ -72,7 +72,7 @@ def test_jammed_medium_lowers_radio_goodput(tmp_path, synthetic_model):
     for load in (0.0, 0.6):
         r = Runner(tb, tmp_path / "s.yaml", results_dir=tmp_path / f"runs-{load}", quiet=True, make_report=False)
         # what the jammer agent publishes: the fraction of air time its traffic occupies
-        r.medium_file.write_text(json.dumps({"load": load, "t": time.time()}))
+        r.ctx.medium_file.write_text(json.dumps({"load": load, "t": time.time()}))
         out = r.execute()
         df = pd.read_parquet(out.run_dir / "results.parquet")
         results[load] = df

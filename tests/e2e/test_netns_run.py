@@ -13,7 +13,7 @@ import pytest
 from hilbed.orchestrator.lab.check import check_testbed, render_checks
 from hilbed.orchestrator.config import load_testbed
 from hilbed.orchestrator.lab.provision import provision
-from tests.netns_fixtures import requires_runner_hooks, write_scenario
+from tests.netns_fixtures import write_scenario
 
 pytest_plugins = ["tests.netns_fixtures"]
 pytestmark = [pytest.mark.slow, pytest.mark.netns]
@@ -93,7 +93,6 @@ def _wait_records(runner, n: int, timeout: float = 120) -> None:
     raise AssertionError(f"fewer than {n} records after {timeout} s")
 
 
-@requires_runner_hooks
 def test_run_over_ssh(provisioned_lab, synthetic_model, tmp_path):
     from hilbed.orchestrator.run.runner import Runner
     lab, tb_path, _ = provisioned_lab
@@ -119,7 +118,6 @@ def test_run_over_ssh(provisioned_lab, synthetic_model, tmp_path):
     assert (out.run_dir / "logs" / "edge-edge.log").exists()
 
 
-@requires_runner_hooks
 def test_node_drop_mid_run_reconnects_and_reruns_the_trial(provisioned_lab, synthetic_model, tmp_path):
     from hilbed.orchestrator.run.runner import Runner
     lab, tb_path, _ = provisioned_lab
@@ -151,7 +149,6 @@ def test_node_drop_mid_run_reconnects_and_reruns_the_trial(provisioned_lab, synt
     assert m["clock_offsets"]["client-1"]["reconnects"]  # measured again after the reconnect
 
 
-@requires_runner_hooks
 def test_unreachable_node_stops_cleanly_and_resume_finishes(provisioned_lab, synthetic_model, tmp_path, monkeypatch):
     from hilbed.orchestrator.run import recovery
     from hilbed.orchestrator.run.runner import Runner, RunError
@@ -169,7 +166,7 @@ def test_unreachable_node_stops_cleanly_and_resume_finishes(provisioned_lab, syn
         th.join(240)
         assert not th.is_alive()
         exc = box.get("exc")
-        assert isinstance(exc, RunError) and isinstance(exc, reconnect.RunStopped), box
+        assert isinstance(exc, RunError) and isinstance(exc, recovery.RunStopped), box
         assert "client-1" in str(exc) and "hilbed resume" in str(exc)
     finally:
         lab.start_sshd("client-1")

@@ -154,11 +154,12 @@ class _NsTransport:
 
 
 def test_runner_hook_applies_tc_on_the_client_interface_and_always_removes_it(pair, tmp_path):
-    """hilbed.orchestrator.run.conditions with a real testbed/scenario config and a namespace as the client node."""
+    """The tc link kind's controller side with a real run context and a namespace as the client node."""
     from types import SimpleNamespace
 
-    from hilbed.orchestrator.run import conditions
+    from hilbed.nodes.link.registry import link_kind
     from hilbed.orchestrator.config import load_scenario, load_testbed
+    from hilbed.orchestrator.run.context import RunContext
     from hilbed.orchestrator.run.store import RunStore
 
     a, _b, dev = pair
@@ -180,12 +181,13 @@ conditions: [{name: shaped, link: {kind: tc, trace: trace.csv, delay_ms: 10}}]
     events = []
     store = RunStore.create(tmp_path / "runs", "tcs")
     store.append_event = lambda kind, **kw: events.append((kind, kw))
-    run = SimpleNamespace(testbed=tb, scenario=sc, store=store, handles={("pi", "client"): client},
-                          transports={"pi": _NsTransport(a), "gpu": _NsTransport(a)},
-                          agent=lambda n, r: client, _offset=lambda n: {"offset_ns": 0},
-                          console=SimpleNamespace(print=lambda *x, **k: None))
+    ctx = RunContext(tb, sc, store, {}, SimpleNamespace(print=lambda *x, **k: None))
+    ctx.handles[("pi", "client")] = client
+    ctx.transports.update(pi=_NsTransport(a), gpu=_NsTransport(a))
+    ctx.edge_port = 5000
+    tc = link_kind("tc")
     cond = sc.conditions[0]
-    conditions.open_links(run, cond, "10.253.7.2", 5000)
+    tc.apply(ctx, cond)
     show = _runner(a)(f"tc qdisc show dev {dev}; tc class show dev {dev}; tc filter show dev {dev}").stdout
     assert "qdisc htb 1: root" in show and "rate 800Kbit" in show and "match 0afd0702/ffffffff" in show
     assert client.calls[0][0] == "open_link" and client.calls[0][1]["spec"]["kind"] == "tc"
@@ -196,10 +198,10 @@ conditions: [{name: shaped, link: {kind: tc, trace: trace.csv, delay_ms: 10}}]
         time.sleep(0.1)
     applied = [kw for k, kw in events if k == "tc_applied"]
     assert applied and applied[0]["facts"]["netem"] in (True, False)
-    conditions.close_links(run)
+    tc.clear(ctx)
     assert "htb" not in _runner(a)(f"tc qdisc show dev {dev}").stdout
     assert [k for k, _ in events if k == "tc_removed"] == ["tc_removed"]
     # a missing interface is a clear error, not a traceback from tc
     tb.nodes["pi"].interface = None
     with pytest.raises(Exception, match="needs `interface:` on node pi"):
-        conditions.open_links(run, cond, "10.253.7.2", 5000)
+        tc.apply(ctx, cond)

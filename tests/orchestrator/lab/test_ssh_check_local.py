@@ -125,9 +125,6 @@ conditions: [{name: air, link: {kind: radio}}]
 
 
 def test_run_refuses_to_start_when_a_node_fails(broken_testbed, tmp_path):
-    from tests.netns_fixtures import runner_has_lab_hooks
-    if not runner_has_lab_hooks():
-        pytest.skip("orchestrator/run/runner.py lacks the preflight hook (runner patch not applied)")
     from hilbed.orchestrator.run.runner import Runner, RunError
     sc = tmp_path / "radio.yaml"
     sc.write_text(RADIO_SCENARIO)

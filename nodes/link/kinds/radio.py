@@ -1,0 +1,102 @@
+"""``radio``: image data over IEEE 802.15.4 radios (Spinel RCP or Wireless UART firmware) via firmware_bridge.
+
+Controller side: :meth:`RadioKind.setup` starts the pty emulator for
+``port: emulated`` radios (one shared medium per run, loaded by the jammer
+through the medium file); a real lab names /dev/serial/by-id/... (or
+socket:// / rfc2217://) ports and nothing is started. Each condition opens
+the edge's radio receiver and the clients' radio links.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hilbed.nodes.link.addressing import EDGE_SHORT_ADDR
+from hilbed.nodes.link.kind import LinkKind, LinkSetupError
+
+
+class RadioBench:
+    """Serial ports of every node's radio, emulated ones included."""
+
+    def __init__(self, testbed: Any, medium_file: Path, seed: int = 0):
+        self.testbed = testbed
+        self.medium_file = medium_file
+        self.seed = seed
+        self.emulator = None
+        self.ports: dict[str, str] = {}
+
+    def start(self) -> dict[str, str]:
+        radios = {n: c.radio for n, c in self.testbed.nodes.items() if c.radio is not None}
+        emulated = [n for n, r in radios.items() if r.port == "emulated"]
+        for n, r in radios.items():
+            if r.port != "emulated":
+                self.ports[n] = r.port
+        if emulated:
+            protocols = {radios[n].protocol for n in emulated}
+            if len(protocols) > 1:
+                raise LinkSetupError(f"emulated radios must share one protocol (got {', '.join(sorted(protocols))})")
+            from hilbed.firmware_bridge.emulator import EmulatorProcess
+            bauds = {radios[n].baud for n in emulated if radios[n].baud}
+            self.emulator = EmulatorProcess(protocols.pop(), len(emulated), baud=max(bauds) if bauds else None,
+                                            medium_file=self.medium_file, seed=self.seed)
+            self.ports.update(dict(zip(emulated, self.emulator.start())))
+        return self.ports
+
+    def stop(self) -> None:
+        if self.emulator is not None:
+            self.emulator.stop()
+            self.emulator = None
+
+    def radio_spec(self, node: str) -> dict:
+        r = self.testbed.nodes[node].radio
+        if r is None:
+            raise LinkSetupError(f"node {node} has no radio in the testbed (add radio: {{protocol, port}})")
+        return {"protocol": r.protocol, "port": self.ports[node], "baud": r.baud, "rtscts": r.rtscts,
+                "channel": r.channel, "tx_power_dbm": r.tx_power_dbm, "pan_id": r.pan_id}
+
+
+class RadioKind(LinkKind):
+    name = "radio"
+    jammable = True
+
+    @staticmethod
+    def bench(ctx: Any) -> RadioBench:
+        return ctx.state["radio_bench"]
+
+    def setup(self, ctx: Any) -> None:
+        bench = RadioBench(ctx.testbed, ctx.medium_file, ctx.scenario.workload.seed)
+        ctx.state["radio_bench"] = bench
+        ctx.manifest["radio_ports"] = bench.start()
+
+    def apply(self, ctx: Any, cond: Any) -> None:
+        if len(ctx.testbed.clients) > 1:
+            raise LinkSetupError("radio links carry one client per edge radio for now; use one client node")
+        edge = ctx.testbed.edge
+        ctx.agent(edge, "edge").call("open_radio", timeout=60, short_addr=EDGE_SHORT_ADDR,
+                                     **self.bench(ctx).radio_spec(edge))
+        self.open_client_links(ctx, cond)
+
+    def client_spec(self, ctx: Any, cond: Any, client: str, index: int) -> dict:
+        return super().client_spec(ctx, cond, client, index) | {"radio": self.bench(ctx).radio_spec(client),
+                                                                 "client_index": index}
+
+    def clear(self, ctx: Any) -> None:
+        try:
+            self.close_client_links(ctx)
+        finally:
+            h = ctx.live_agent(ctx.testbed.edge, "edge")
+            if h is not None:
+                try:
+                    h.call("close_radio", timeout=30)
+                except Exception:
+                    pass
+
+    def teardown(self, ctx: Any) -> None:
+        bench = ctx.state.pop("radio_bench", None)
+        if bench is not None:
+            bench.stop()
+
+    def open_link(self, spec: dict, host: str, port: int, edge_minus_client_ns: int = 0, seed: int = 0) -> Any:
+        from hilbed.nodes.link.radio import open_radio_link
+        return open_radio_link(spec, host, port, edge_minus_client_ns, seed=seed)

@@ -1,0 +1,152 @@
+"""What a run shares: configs, the store and manifest, transports, agents and clock offsets.
+
+The runner owns the trial loop; recovery, conditions, link kinds, roles'
+prepare steps and the pre-run check get this object instead of the runner,
+so none of them reaches into the loop's state. Agents are started by role
+through :mod:`hilbed.orchestrator.roles`; every agent event goes to one
+handler (``on_event``) the runner installs.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.console import Console
+
+from hilbed.orchestrator.lab.connect import make_transport
+from hilbed.orchestrator.lab.transport import AgentHandle, Transport, clock_probe
+from hilbed.orchestrator.roles import role as role_of
+from hilbed.orchestrator.run.store import RunStore
+
+EventHandler = Callable[[str, str, dict], None]
+ZERO_OFFSET = {"offset_ns": 0, "uncertainty_ns": 0}
+AGENT_READY_S = 60.0
+
+
+class RunContext:
+    def __init__(self, testbed: Any, scenario: Any, store: RunStore, manifest: dict, console: Console,
+                 on_event: EventHandler | None = None):
+        self.testbed = testbed
+        self.scenario = scenario
+        self.store = store
+        self.manifest = manifest
+        self.console = console
+        self.on_event = on_event
+        self.transports: dict[str, Transport] = {}
+        self.handles: dict[tuple[str, str], AgentHandle] = {}
+        self.offsets: dict[str, dict] = {}
+        #: the edge's listening port (0 until the edge role's prepare step set it)
+        self.edge_port = 0
+        #: per-run state of link kinds and other seams, keyed by their name
+        self.state: dict[str, Any] = {}
+        self.lock = threading.Lock()
+
+    # -- facts ---------------------------------------------------------------
+    @property
+    def all_local(self) -> bool:
+        """The embedded testbed: every node is a local process on this machine."""
+        return all(c.transport.kind == "local" for c in self.testbed.nodes.values())
+
+    def is_local(self, node: str) -> bool:
+        return self.testbed.nodes[node].transport.kind == "local"
+
+    @property
+    def medium_file(self) -> Path:
+        """Where the jammer publishes its load for emulated radios and shaped links."""
+        return self.store.root / "medium.json"
+
+    def local_medium_file(self) -> Path | None:
+        """The medium file when a jammer runs on this machine (the embedded testbed), else None."""
+        return self.medium_file if any(self.is_local(n) for n in self.testbed.jammers) else None
+
+    def agent_env(self) -> dict[str, str]:
+        """Environment every agent gets."""
+        return {"HILBED_MEDIUM_FILE": str(self.medium_file), "HILBED_RUN_ID": self.store.run_id}
+
+    # -- store ---------------------------------------------------------------
+    def event(self, kind: str, **fields: Any) -> None:
+        self.store.append_event(kind, **fields)
+
+    def write_manifest(self) -> None:
+        self.store.write_manifest(self.manifest)
+
+    # -- agents --------------------------------------------------------------
+    def transport(self, node: str) -> Transport:
+        if node not in self.transports:
+            self.transports[node] = make_transport(node, self.testbed.nodes[node])
+        return self.transports[node]
+
+    def start_agent(self, node: str, role: str) -> AgentHandle:
+        """Start (or restart) ``role``'s agent on ``node``; returns once the handle exists (not yet ready)."""
+        old = self.handles.get((node, role))
+        if old is not None:
+            try:
+                old.proc.kill()  # a stale agent that survived a flap must not hold ports or radios
+            except Exception:
+                pass
+        proc = self.transport(node).start_agent(role_of(role).agent_module, [], self.store.logs / f"{node}-{role}.log",
+                                                env=self.agent_env())
+        h = AgentHandle(node, role, proc, self.on_event)
+        self.handles[(node, role)] = h
+        return h
+
+    def agent(self, node: str, role: str) -> AgentHandle:
+        return self.handles[(node, role)]
+
+    def live_agent(self, node: str, role: str) -> AgentHandle | None:
+        """The agent when it is running, else None (teardown calls skip dead agents)."""
+        h = self.handles.get((node, role))
+        return h if h is not None and not h.dead.is_set() else None
+
+    def wait_ready(self, handles: list[AgentHandle] | None = None, timeout: float = AGENT_READY_S) -> None:
+        for h in handles if handles is not None else list(self.handles.values()):
+            h.wait_ready(timeout)
+
+    def prepare(self, node: str, role: str) -> None:
+        """Run the role's prepare step (model loaded, dataset configured...)."""
+        step = role_of(role).prepare
+        if step is not None:
+            step(self, node)
+
+    # -- clocks --------------------------------------------------------------
+    def offset(self, node: str) -> dict:
+        """The node's clock offset: re-measured after a reconnect, else the one before the run."""
+        o = self.offsets.get(node, {})
+        return o.get("current") or o.get("before") or ZERO_OFFSET
+
+    def probe_clocks(self, tag: str) -> None:
+        """Measure every record-stamping agent's clock offset (``before``/``after`` the run)."""
+        for (node, role), h in self.handles.items():
+            if role_of(role).stamps_records:
+                self.offsets.setdefault(node, {})[tag] = clock_probe(h)
+        self.manifest["clock_offsets"] = self.offsets
+        self.write_manifest()
+
+    def remeasure_clock(self, node: str) -> None:
+        """After a reconnect: a new offset becomes ``current``; the old ones stay for the record."""
+        for (n, role), h in self.handles.items():
+            if n == node and role_of(role).stamps_records:
+                r = clock_probe(h)
+                off = self.offsets.setdefault(node, {})
+                off.setdefault("reconnects", []).append(r)
+                off["current"] = r
+                break
+        self.manifest["clock_offsets"] = self.offsets
+        self.write_manifest()
+
+    # -- teardown ------------------------------------------------------------
+    def close(self) -> None:
+        """Close every agent (stdin closed: it tears down itself; stragglers killed) and transport."""
+        for h in self.handles.values():
+            try:
+                h.close(timeout=5)
+            except Exception:
+                pass
+        for tr in self.transports.values():
+            try:
+                tr.close()
+            except Exception:
+                pass
+        self.handles.clear()
