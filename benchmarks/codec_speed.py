@@ -79,7 +79,7 @@ def _neural(args) -> Variants:
 
 def _decoder(dec):
     """What the edge runs per message: pixels, or (split computing) features + the codec's own tail."""
-    if callable(getattr(dec, "decode_features", None)):
+    if dec.split_computing:
         return lambda e: dec.predict_features(dec.decode_features(e.chunks, len(e.chunks)))
     return lambda e: dec.decode(e.chunks, len(e.chunks))
 
@@ -123,7 +123,7 @@ def bench(args) -> dict:
     for size in [int(s) for s in args.sizes.split(",")]:
         imgs = _images(args.dataset, size, args.images)
         # a neural model is fitted for one input size (PNC would resize other sizes: not a fair time)
-        sized = {k: v for k, v in codecs.items() if getattr(v[0], "input_size", size) == size}
+        sized = {k: v for k, v in codecs.items() if (v[0].input_size or size) == size}
         encoded = {label: [enc.encode(im) for im in imgs] for label, (enc, _) in sized.items()}
         t_enc: dict[str, list[float]] = {k: [] for k in sized}
         t_dec: dict[str, list[float]] = {k: [] for k in sized}
@@ -148,7 +148,7 @@ def _images(dataset: str, size: int, n: int) -> list:
     if dataset == "synthetic":
         from hilbed.nodes.workload.synthetic import make_image
         return [make_image(i, "test", 0, size)[0] for i in range(n)]
-    from hilbed.nodes.codecs.fit import load_images, open_dataset
+    from hilbed.nodes.codecs.fitting import load_images, open_dataset
     x, _ = load_images(open_dataset(dataset, size, "test", n), n, 0)
     return list(x)
 

@@ -21,6 +21,8 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
+from hilbed.nodes.events import AgentEvent
+
 log = logging.getLogger("hilbed.agent")
 
 
@@ -54,7 +56,7 @@ class Agent:
             except (BrokenPipeError, ValueError, OSError):
                 self._stopping.set()
 
-    def event(self, name: str, **fields: Any) -> None:
+    def event(self, name: str | AgentEvent, **fields: Any) -> None:
         self.send({"event": name, "node_time_ns": time.time_ns(), **fields})
 
     def _handle(self, req: dict) -> None:
@@ -126,7 +128,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(sig, lambda s, f: self._exit(128 + s))
         self.setup()
-        self.event("ready", agent=self.name, pid=os.getpid())
+        self.event(AgentEvent.READY, agent=self.name, pid=os.getpid())
         stdin = sys.stdin.buffer
         while not self._stopping.is_set():
             line = stdin.readline()
@@ -173,4 +175,9 @@ def _json_default(o: Any) -> Any:
 
 
 def run_agent(agent_cls: type[Agent]) -> None:
+    """Serve ``agent_cls`` on stdin/stdout, after importing the plug-ins named in HILBED_PLUGINS."""
+    from hilbed.nodes.plugins import load_plugins
+    for p in load_plugins():
+        if not p.ok:
+            print(f"hilbed: plug-in {p.module} failed to load: {p.error}", file=sys.stderr, flush=True)
     agent_cls().serve()

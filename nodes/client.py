@@ -74,8 +74,7 @@ class ClientAgent(Agent):
             raise AgentError("run_trial before configure/open_link")
         self._abort.clear()
         enc = make_codec(codec, params)
-        if callable(getattr(enc, "set_stream", None)):  # bandwidth/deadline-aware codecs (AutoJPEG)
-            enc.set_stream(deadline_ms=deadline_ms, period_ms=period_ms)
+        enc.set_stream(deadline_ms=deadline_ms, period_ms=period_ms)  # no-op unless deadline-aware (AutoJPEG)
         period_ns = int(period_ms * 1e6)
         deadline_ns_rel = int(deadline_ms * 1e6)
         # warm the encoder (lazy library init, caches) outside the measured stream
@@ -108,9 +107,9 @@ class ClientAgent(Agent):
                 "retries": getattr(rep, "retries", 0), "cca_failures": getattr(rep, "cca_failures", 0),
                 "chunk_times_ns": rep.chunk_times_ns,
             }
-            fb = getattr(enc, "feedback", None)  # codecs that learn from replies (AdaCompress, AutoJPEG)
+            learns = enc.learns_from_feedback  # codecs that learn from replies (AdaCompress, AutoJPEG)
             futures.append(self._waiters.submit(self._await_result, msg_id, base, result_timeout_s,
-                                                (fb, img, encoded, label) if callable(fb) else None))
+                                                (enc.feedback, img, encoded, label) if learns else None))
         done = 0
         for f in futures:
             f.result()

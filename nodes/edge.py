@@ -275,10 +275,9 @@ class EdgeAgent(Agent):
         # Split-computing codecs (entropic student, CR+BQ) decode to the features that
         # replace the model's first stage and classify with their own later stages;
         # every other codec decodes to pixels for the edge's model.
-        decode_features = getattr(codec, "decode_features", None)
-        split = callable(decode_features)
+        split = codec.split_computing
         if split:
-            decoded = decode_features(prefix, total) if prefix else None
+            decoded = codec.decode_features(prefix, total) if prefix else None
         else:
             decoded = codec.decode(prefix, total) if prefix else None
         t_dec1 = time.time_ns()
@@ -294,9 +293,8 @@ class EdgeAgent(Agent):
             t_inf1 = time.time_ns()
             self.stats["decoded"] += 1
         extra_top5 = None
-        decode_extra = getattr(codec, "decode_extra", None)
-        if decoded is not None and callable(decode_extra):  # e.g. AdaCompress's reference upload
-            extra = decode_extra(prefix, total)
+        if decoded is not None:  # e.g. AdaCompress's reference upload; [] for most codecs
+            extra = codec.decode_extra(prefix, total)
             if extra:
                 with self.infer_lock:
                     ps = self.model.predict(np.stack(extra))

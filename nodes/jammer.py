@@ -39,8 +39,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .agent import Agent, AgentError, run_agent
-from .link.medium import MEDIUM_ENV, NOMINAL_CHANNEL_MBPS, write_medium
+from hilbed.nodes.agent import Agent, AgentError, run_agent
+from hilbed.nodes.events import AgentEvent
+from hilbed.nodes.link.medium import MEDIUM_ENV, NOMINAL_CHANNEL_MBPS, write_medium
 
 log = logging.getLogger("hilbed.jammer")
 
@@ -405,7 +406,7 @@ class JamEngine:
             self._meter = {"bytes": 0, "span": 0.0, "t0": None, "packets": 0, "lost": 0, "segments": 0}
             if not off_s:  # publish before anyone waiting on the measurement reads the medium
                 self._publish(load, mbps, lv.name)
-            self.agent.event("jammer_load", **meas)
+            self.agent.event(AgentEvent.JAMMER_LOAD, **meas)
             with self.cv:
                 self.last = meas
                 self.cv.notify_all()
@@ -453,7 +454,7 @@ class JammerAgent(Agent):
             if idle > self.watchdog_s and (self.engine.level.active or self.engine.plan):
                 log.warning("no request or heartbeat for %.1f s: stopping the jammer", idle)
                 self.engine.stop("watchdog")
-                self.event("jammer_stopped", reason="watchdog", idle_s=round(idle, 3))
+                self.event(AgentEvent.JAMMER_STOPPED, reason="watchdog", idle_s=round(idle, 3))
 
     def _options(self, watchdog_s: float | None, medium_file: str | None, target: str | None, port: int | None,
                  channel_mbps: float | None) -> None:

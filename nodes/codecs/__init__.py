@@ -2,14 +2,24 @@
 
 ``CODECS`` maps the names used in scenario YAML to codec classes. Families
 that need torch register lazily so a light client never imports it.
+
+Layout (runtime apart from tooling, as in CompressAI):
+
+- ``<family>.py``: what a client or edge runs - the codec class, loading its
+  artifact, encode/decode (numpy, Pillow; torch only inside decode paths);
+- ``nets/<family>.py``: the networks a codec runs (torch modules the edge
+  rebuilds from an artifact, AdaCompress's numpy agent);
+- ``fitting/``: controller-side fitting, evaluation (``fitting.evaluate``)
+  and the ``hilbed fit`` plug-in of each family (``fitting/<family>.py``).
+  Runtime modules import it only inside a function that fits on first use.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .base import Codec, CodecParamsError, Encoded, Param
-from .pillow_family import JpegCodec, PngCodec, ProgressiveJpegCodec, WebpCodec
+from hilbed.nodes.codecs.base import Codec, CodecParamsError, Encoded, Param
+from hilbed.nodes.codecs.pillow_family import JpegCodec, PngCodec, ProgressiveJpegCodec, WebpCodec
 
 CODECS: dict[str, type[Codec]] = {c.name: c for c in (JpegCodec, ProgressiveJpegCodec, WebpCodec, PngCodec)}
 

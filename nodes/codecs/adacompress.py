@@ -27,32 +27,42 @@ measures directly. The agent (features + a 72-64-10 MLP) is pure numpy so a
 Raspberry Pi runs and trains it without torch. With ``reference: label`` A
 comes from the dataset label instead of a reference upload (no extra bytes;
 a testbed-only shortcut, off by default).
+
+Here: the features and the codec (client and edge); the agent is in
+:mod:`hilbed.nodes.codecs.nets.adacompress`, the offline pre-training in
+:mod:`hilbed.nodes.codecs.fitting.adacompress`.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import random
 import threading
 from collections import deque
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from .artifacts import Artifact, ArtifactStore
-from .base import Codec, CodecParamsError, Encoded, Param
-from .jpeg_tables import BT601, HEADER_MODES, HUFFMAN_MODES, ColourTransform, JpegProfile, optimize_for
+from hilbed.nodes.codecs.artifacts import ArtifactStore
+from hilbed.nodes.codecs.first_use import first_use_fitter
+from hilbed.nodes.codecs.base import Codec, CodecParamsError, Encoded, Param
+from hilbed.nodes.codecs.jpeg_tables import (
+    BT601,
+    HEADER_MODES,
+    HUFFMAN_MODES,
+    ColourTransform,
+    JpegProfile,
+    optimize_for,
+)
+from hilbed.nodes.codecs.nets.adacompress import QUALITIES, Agent, Hyper, Learner, reward
+
 
 KIND = "adacompress"
-QUALITIES = tuple(range(5, 100, 10))
 REF_QUALITY = 75
-N_FEATURES = 72
 
 
-# --------------------------------------------------------------- features ---
+# ---------------------------------------------------------- features ---
 
 _BANDS = None
 
@@ -75,7 +85,7 @@ _QTABLES = None
 def _qtables() -> np.ndarray:
     global _QTABLES
     if _QTABLES is None:
-        from .jpeg_tables import ijg_quality_tables
+        from hilbed.nodes.codecs.jpeg_tables import ijg_quality_tables
         _QTABLES = np.stack([ijg_quality_tables(q)[:2] for q in QUALITIES]).astype(np.float64)  # (10, 2, 64)
     return _QTABLES
 
@@ -87,7 +97,7 @@ def extract_features(image: np.ndarray) -> np.ndarray:
     Y AC activity (smooth vs textured regions, §3.6); Y mean and spread; and for each of
     the 10 qualities the log mean quantisation error of Y and of chroma AC coefficients.
     """
-    from .dct import block_dct
+    from hilbed.nodes.codecs.dct import block_dct
     yuv = ColourTransform(*BT601).forward_float(image) - 128.0
     X = block_dct(np.moveaxis(yuv, -1, 0)).reshape(3, -1, 64)  # (3, blocks, 64)
     ax = np.abs(X)
@@ -105,291 +115,13 @@ def extract_features(image: np.ndarray) -> np.ndarray:
     return np.concatenate([np.log1p(per_band).ravel(), q, [y.mean() / 128.0, y.std() / 64.0], qerr]).astype(np.float32)
 
 
-# ------------------------------------------------------------------ Q-net ---
-
-class QNet:
-    """A 2-layer MLP with Adam, in numpy (forward and backward by hand)."""
-
-    def __init__(self, n_in: int = N_FEATURES, n_hidden: int = 64, n_out: int = len(QUALITIES), seed: int = 0,
-                 lr: float = 1e-3):
-        rng = np.random.default_rng(seed)
-        self.W1 = (rng.standard_normal((n_in, n_hidden)) * np.sqrt(2.0 / n_in)).astype(np.float32)
-        self.b1 = np.zeros(n_hidden, np.float32)
-        self.W2 = (rng.standard_normal((n_hidden, n_out)) * np.sqrt(1.0 / n_hidden)).astype(np.float32)
-        self.b2 = np.zeros(n_out, np.float32)
-        self.lr = lr
-        self._m = {k: np.zeros_like(v) for k, v in self.params().items()}
-        self._v = {k: np.zeros_like(v) for k, v in self.params().items()}
-        self._t = 0
-
-    def params(self) -> dict[str, np.ndarray]:
-        return {"W1": self.W1, "b1": self.b1, "W2": self.W2, "b2": self.b2}
-
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        h = np.maximum(x @ self.W1 + self.b1, 0.0)
-        return h @ self.W2 + self.b2
-
-    def train_step(self, x: np.ndarray, a: np.ndarray, target: np.ndarray) -> float:
-        """One Adam step on mean (target - Q(x, a))^2; returns the loss."""
-        z1 = x @ self.W1 + self.b1
-        h = np.maximum(z1, 0.0)
-        q = h @ self.W2 + self.b2
-        rows = np.arange(len(a))
-        err = q[rows, a] - target
-        dq = np.zeros_like(q)
-        dq[rows, a] = 2.0 * err / len(a)
-        grads = {"W2": h.T @ dq, "b2": dq.sum(0)}
-        dh = dq @ self.W2.T
-        dz = dh * (z1 > 0)
-        grads["W1"] = x.T @ dz
-        grads["b1"] = dz.sum(0)
-        self._t += 1
-        b1, b2, eps = 0.9, 0.999, 1e-8
-        for k, p in self.params().items():
-            g = grads[k].astype(np.float32)
-            self._m[k] = b1 * self._m[k] + (1 - b1) * g
-            self._v[k] = b2 * self._v[k] + (1 - b2) * g * g
-            mh = self._m[k] / (1 - b1 ** self._t)
-            vh = self._v[k] / (1 - b2 ** self._t)
-            p -= (self.lr * mh / (np.sqrt(vh) + eps)).astype(np.float32)
-        return float(np.mean(err ** 2))
-
-    def to_json(self) -> dict:
-        return {k: v.tolist() for k, v in self.params().items()}
-
-    @classmethod
-    def from_json(cls, d: dict, lr: float = 1e-3) -> "QNet":
-        n = cls.__new__(cls)
-        n.W1, n.b1 = np.array(d["W1"], np.float32), np.array(d["b1"], np.float32)
-        n.W2, n.b2 = np.array(d["W2"], np.float32), np.array(d["b2"], np.float32)
-        n.lr = lr
-        n._m = {k: np.zeros_like(v) for k, v in n.params().items()}
-        n._v = {k: np.zeros_like(v) for k, v in n.params().items()}
-        n._t = 0
-        return n
-
-
-@dataclass
-class Hyper:
-    """Table 1 of the paper (c_ref, eps_min, p0, gamma, omega, mu_dec, T, r_th, n) plus what it leaves open."""
-
-    alpha: float = 2.0
-    beta: float = 0.0
-    gamma: float = 0.95
-    eps_min: float = 0.02
-    mu_dec: float = 0.99
-    train_every: int = 5          # T
-    t_start: int = 32             # transitions before the first update
-    batch: int = 64
-    memory: int = 1000
-    lr: float = 1e-2
-    p0: float = 0.2
-    omega: float = -3.0
-    p_min: float = 0.02
-    n: int = 10
-    r_th: float = 0.45
-    acc_threshold: float = 0.0    # A0; 0: 0.6 x the agent's accuracy when it was cached
-    min_retrain: int = 50
-    retrain_eps: float = 0.3      # epsilon when retraining an existing agent (fresh agents start at 1)
-    target_sync: int = 100        # updates between target-network syncs (Mnih et al. [37]); 0: none
-
-
-class Agent:
-    """Feature normalisation + Q-network + exploration rate."""
-
-    def __init__(self, qnet: QNet, mu: np.ndarray, sd: np.ndarray, epsilon: float = 1.0, acc: float | None = None):
-        self.qnet, self.mu, self.sd, self.epsilon, self.acc = qnet, mu, sd, epsilon, acc
-
-    @classmethod
-    def fresh(cls, mu=None, sd=None, seed: int = 0, lr: float = 1e-3) -> "Agent":
-        mu = np.zeros(N_FEATURES, np.float32) if mu is None else mu
-        sd = np.ones(N_FEATURES, np.float32) if sd is None else sd
-        return cls(QNet(seed=seed, lr=lr), mu, sd, 1.0)
-
-    def norm(self, f: np.ndarray) -> np.ndarray:
-        return ((f - self.mu) / self.sd).astype(np.float32)
-
-    def q(self, f: np.ndarray) -> np.ndarray:
-        return self.qnet.forward(self.norm(f)[None])[0]
-
-    def act(self, f: np.ndarray, rng: random.Random, explore: bool) -> int:
-        if explore and rng.random() < self.epsilon:
-            return rng.randrange(len(QUALITIES))
-        return int(np.argmax(self.q(f)))
-
-    def to_json(self) -> dict:
-        return {"qnet": self.qnet.to_json(), "mu": self.mu.tolist(), "sd": self.sd.tolist(),
-                "epsilon": self.epsilon, "acc": self.acc}
-
-    @classmethod
-    def from_json(cls, d: dict, lr: float = 1e-3) -> "Agent":
-        return cls(QNet.from_json(d["qnet"], lr), np.array(d["mu"], np.float32), np.array(d["sd"], np.float32),
-                   float(d.get("epsilon", 0.02)), d.get("acc"))
-
-
-class Learner:
-    """Algorithm 1's replay memory and update rule around one agent."""
-
-    def __init__(self, agent: Agent, hp: Hyper, seed: int = 0):
-        self.agent, self.hp = agent, hp
-        self.memory: deque = deque(maxlen=hp.memory)
-        self.rng = np.random.default_rng(seed)
-        self.t = 0
-        self.updates = 0
-        self.target: QNet | None = None
-        self.losses: list[float] = []
-
-    def add(self, s: np.ndarray, a: int, r: float, s2: np.ndarray) -> None:
-        self.memory.append((self.agent.norm(s), a, r, self.agent.norm(s2)))
-        self.t += 1
-        if self.t % self.hp.train_every == 0 and len(self.memory) >= self.hp.t_start:
-            self.update()
-
-    def update(self) -> None:
-        idx = self.rng.integers(0, len(self.memory), min(self.hp.batch, len(self.memory)))
-        s = np.stack([self.memory[i][0] for i in idx])
-        a = np.array([self.memory[i][1] for i in idx])
-        r = np.array([self.memory[i][2] for i in idx], np.float32)
-        s2 = np.stack([self.memory[i][3] for i in idx])
-        if self.hp.target_sync and (self.target is None or self.updates % self.hp.target_sync == 0):
-            self.target = copy.deepcopy(self.agent.qnet)
-        net = self.target if self.hp.target_sync else self.agent.qnet
-        y = r + self.hp.gamma * net.forward(s2).max(1)
-        self.updates += 1
-        self.agent.epsilon = max(self.hp.eps_min, self.hp.mu_dec * self.agent.epsilon)
-        self.losses.append(self.agent.qnet.train_step(s, a, y.astype(np.float32)))
-
-
-def reward(hp: Hyper, acc: float, size: float, size_ref: float) -> float:
-    return hp.alpha * acc - size / max(size_ref, 1.0) + hp.beta
-
-
-# ------------------------------------------------------------ pretraining ---
-
-@dataclass
-class OfflineEnv:
-    """Precomputed replies for a fit set: features, per-quality sizes and top-5s, reference top-5, labels."""
-
-    features: np.ndarray      # (N, F)
-    sizes: np.ndarray         # (N, 10) bytes sent at each quality
-    ref_sizes: np.ndarray     # (N,)
-    top5: np.ndarray          # (N, 10, 5)
-    ref_top5: np.ndarray      # (N, 5)
-    labels: np.ndarray        # (N,)
-
-    def accuracy(self, i: int, a: int, metric: str, reference: str) -> float:
-        truth = int(self.labels[i]) if reference == "label" else int(self.ref_top5[i, 0])
-        return float(self.top5[i, a, 0] == truth) if metric == "top1" else float(truth in self.top5[i, a])
-
-
-def build_env(images: np.ndarray, labels: np.ndarray, loaded, headers: str = "full", optimize: bool | None = None,
-              progress=None) -> OfflineEnv:
-    if optimize is None:
-        optimize = optimize_for("auto", headers)
-    profiles = [JpegProfile(quality=q, optimize=optimize, subsampling="4:2:0", headers=headers) for q in QUALITIES]
-    ref = JpegProfile(quality=REF_QUALITY, optimize=optimize, subsampling="4:2:0", headers=headers)
-    n = len(images)
-    feats = np.stack([extract_features(im) for im in images])
-    sizes = np.zeros((n, len(QUALITIES)))
-    top5 = np.zeros((n, len(QUALITIES), 5), np.int64)
-    for a, p in enumerate(profiles):
-        dec = []
-        for i, im in enumerate(images):
-            data = p.encode(im)[0]
-            sizes[i, a] = len(data)
-            dec.append(p.decode(data))
-        probs = np.concatenate([loaded.predict(np.stack(dec[k:k + 256])) for k in range(0, n, 256)])
-        top5[:, a] = np.argsort(-probs, 1)[:, :5]
-        if progress:
-            progress(f"environment: quality {QUALITIES[a]}", (a + 1) / (len(QUALITIES) + 1))
-    rs, rdec = [], []
-    for im in images:
-        data = ref.encode(im)[0]
-        rs.append(len(data))
-        rdec.append(ref.decode(data))
-    rprobs = np.concatenate([loaded.predict(np.stack(rdec[k:k + 256])) for k in range(0, n, 256)])
-    return OfflineEnv(feats, sizes, np.array(rs, float), top5, np.argsort(-rprobs, 1)[:, :5], labels.copy())
-
-
-def pretrain(env: OfflineEnv, hp: Hyper, steps: int = 3000, metric: str = "top1", reference: str = "upload",
-             seed: int = 0, progress=None) -> tuple[Agent, dict]:
-    """Algorithm 1 on the offline environment; returns the agent and its greedy performance on the fit set."""
-    mu = env.features.mean(0).astype(np.float32)
-    sd = (env.features.std(0) + 1e-6).astype(np.float32)
-    agent = Agent.fresh(mu, sd, seed, hp.lr)
-    learner = Learner(agent, hp, seed)
-    rng = random.Random(seed)
-    order = np.random.default_rng(seed).permutation(len(env.labels))
-    ref_mode = "label" if reference == "label" else "ref"
-    rewards = []
-    for t in range(steps):
-        i = int(order[t % len(order)])
-        j = int(order[(t + 1) % len(order)])
-        a = agent.act(env.features[i], rng, explore=True)
-        acc = env.accuracy(i, a, metric, ref_mode)
-        r = reward(hp, acc, env.sizes[i, a], env.ref_sizes[i])
-        rewards.append(r)
-        learner.add(env.features[i], a, r, env.features[j])
-        if progress and t % 200 == 0:
-            progress(f"DQN step {t}/{steps} eps {agent.epsilon:.2f} mean reward {np.mean(rewards[-200:]):.3f}",
-                     t / steps)
-    stats = greedy_stats(agent, env, metric, ref_mode)
-    agent.acc = stats["acc_vs_reference" if ref_mode == "ref" else "acc_vs_label"]
-    agent.epsilon = hp.eps_min
-    return agent, {**stats, "steps": steps, "final_mean_reward": float(np.mean(rewards[-200:]))}
-
-
-def greedy_stats(agent: Agent, env: OfflineEnv, metric: str = "top1", ref_mode: str = "ref") -> dict:
-    acts = np.array([int(np.argmax(agent.q(f))) for f in env.features])
-    rows = np.arange(len(acts))
-    sizes = env.sizes[rows, acts]
-    top1 = env.top5[rows, acts, 0]
-    return {
-        "size_ratio": float(sizes.mean() / env.ref_sizes.mean()),
-        "acc_vs_reference": float(np.mean([env.accuracy(i, a, metric, "ref") for i, a in enumerate(acts)])),
-        "acc_vs_label": float(np.mean([env.accuracy(i, a, metric, "label") for i, a in enumerate(acts)])),
-        "top1_vs_label": float((top1 == env.labels).mean()),
-        "ref_top1_vs_label": float((env.ref_top5[:, 0] == env.labels).mean()),
-        "quality_histogram": np.bincount(acts, minlength=len(QUALITIES)).tolist(),
-    }
-
-
-def fit_adacompress(images: np.ndarray, labels: np.ndarray, loaded, source_meta: dict, store: ArtifactStore,
-                    hp: Hyper, steps: int, metric: str, reference: str, headers: str, seed: int = 0,
-                    progress=None) -> Artifact:
-    env = build_env(images, labels, loaded, headers, None, progress)
-    agent, stats = pretrain(env, hp, steps, metric, reference, seed, progress)
-    data = {"version": 1, "agent": agent.to_json(), "hyper": asdict(hp), "metric": metric, "reference": reference,
-            "headers": headers}
-    meta = {**source_meta, "algorithm": "AdaCompress (He et al.) Alg. 1 DQN, offline pre-training",
-            "pretrain": stats, "hyper": asdict(hp), "metric": metric, "reference": reference, "headers": headers}
-    return store.put(KIND, {"agent.json": json.dumps(data, sort_keys=True).encode()}, meta)
-
-
-# ----------------------------------------------------------------- codec ---
-
-AUTO_IMAGES = 512
-AUTO_STEPS = 2500
-
-
-def _auto_fit(params: dict, hp: Hyper, store: ArtifactStore) -> Artifact:
-    from . import fit as F
-    settings = {"dataset": params["fit_dataset"], "model": F.model_fingerprint(params["fit_model"]),
-                "n": AUTO_IMAGES, "steps": AUTO_STEPS, "hyper": asdict(hp), "metric": params["metric"],
-                "reference": params["reference"], "headers": params["headers"], "v": 1}
-
-    def build(st: ArtifactStore) -> Artifact:
-        F.set_threads()
-        x, y, loaded, src = F.prepare(params["fit_dataset"], params["fit_model"], AUTO_IMAGES, 32, 0, "cpu")
-        return fit_adacompress(x, y, loaded, src.meta(), st, hp, AUTO_STEPS, params["metric"], params["reference"],
-                               params["headers"])
-    return F.auto_artifact(KIND, settings, build, store)
-
+# ------------------------------------------------------------- codec ---
 
 class AdaCompressCodec(Codec):
     """Per-image JPEG quality from an online DQN agent (client: numpy + Pillow only)."""
 
     name = "adacompress"
+    learns_from_feedback = True  # the DQN agent's reward comes from the edge's replies
     progressive = True  # chunk 0 = the compressed image; chunk 1 (estimation only) = the reference upload
     params_spec = {
         "artifact": Param(str, "", doc="adacompress-... agent from `hilbed fit adacompress`; empty: pre-train on "
@@ -454,7 +186,10 @@ class AdaCompressCodec(Codec):
                 self._agent = Agent.fresh(seed=p["seed"], lr=self.hp.lr)
                 self.state = "retraining"
             else:
-                art = store.get(p["artifact"]) if p["artifact"] else _auto_fit(p, self.hp, store)
+                if p["artifact"]:
+                    art = store.get(p["artifact"])
+                else:
+                    art = first_use_fitter("adacompress")(p, self.hp, store)
                 if not art.id.startswith(KIND + "-"):
                     raise CodecParamsError("artifact", f"{art.id} is not an AdaCompress artifact")
                 d = json.loads(art.read_bytes("agent.json"))
@@ -627,31 +362,3 @@ class AdaCompressCodec(Codec):
         got = self._profile_for(chunks[1])
         img = got[0].decode(got[1]) if got else None
         return [img] if img is not None else []
-
-
-# ------------------------------------------------------- fit protocol ---
-
-FIT_HELP = "pre-train the AdaCompress DQN agent offline against the target model (it keeps learning online)"
-
-
-def fit_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--images", type=int, default=4096, help="environment images (default 4096)")
-    parser.add_argument("--steps", type=int, default=6000, help="DQN steps (Algorithm 1's K)")
-    parser.add_argument("--alpha", type=float, default=2.0)
-    parser.add_argument("--beta", type=float, default=0.0)
-    parser.add_argument("--gamma", type=float, default=0.95, help="Q-target discount (Table 1: 0.95)")
-    parser.add_argument("--metric", choices=("top1", "top5"), default="top1")
-    parser.add_argument("--reference", choices=("upload", "label"), default="upload")
-    parser.add_argument("--headers", choices=HEADER_MODES, default="full", help="header mode of the sizes in the reward")
-
-
-def fit_main(args: argparse.Namespace, store: ArtifactStore) -> Artifact:
-    from . import fit as F
-    F.set_threads(getattr(args, "threads", None))
-    prog = getattr(args, "progress", None)
-    x, y, loaded, src = F.prepare(args.dataset, args.model, args.images, args.size, args.seed, args.device, prog)
-    hp = Hyper(alpha=args.alpha, beta=args.beta, gamma=args.gamma)
-    art = fit_adacompress(x, y, loaded, src.meta(), store, hp, args.steps, args.metric, args.reference, args.headers,
-                          args.seed, prog)
-    args.summary = art.meta["pretrain"]
-    return art

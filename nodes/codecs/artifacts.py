@@ -22,7 +22,7 @@ def default_root() -> Path:
     env = os.environ.get("HILBED_ARTIFACTS")
     if env:
         return Path(env)
-    from ..paths import cache_dir
+    from hilbed.nodes.paths import cache_dir
     return cache_dir() / "artifacts"
 
 

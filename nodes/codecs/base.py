@@ -73,13 +73,25 @@ class Encoded:
 
 
 class Codec:
-    """Base class: subclasses set ``name``, ``params_spec``, ``progressive``."""
+    """Base class: subclasses set ``name``, ``params_spec``, ``progressive``.
+
+    Besides ``encode``/``decode`` a codec may override the optional hooks below.
+    Each has a no-op default here, so the client and edge agents call them on
+    every codec (or test the declared class flag) instead of probing with
+    ``getattr``; a newcomer sees every extension point in one place.
+    """
 
     name: ClassVar[str] = ""
     progressive: ClassVar[bool] = False
     params_spec: ClassVar[dict[str, Param]] = {}
-    #: heavy dependencies the client needs (for provisioning groups)
-    client_requires: ClassVar[tuple[str, ...]] = ("pillow",)
+    #: True when the edge should call :meth:`decode_features` and classify with
+    #: :meth:`predict_features` instead of :meth:`decode` plus the edge's model.
+    split_computing: ClassVar[bool] = False
+    #: True when :meth:`feedback` does something, so the client keeps each sent
+    #: image until the edge's reply arrives only for codecs that learn from it.
+    learns_from_feedback: ClassVar[bool] = False
+    #: the image side the codec works at (other sizes are resized to it); None: any size
+    input_size: int | None = None
 
     def __init__(self, **params: Any):
         self.params = self.validate(params)
@@ -102,13 +114,63 @@ class Codec:
         """Pixels from the received prefix ``chunks`` (of ``total_chunks``), or None."""
         raise NotImplementedError
 
+    # -- optional hooks (no-op defaults) -------------------------------------------------------
+
     @classmethod
     def prepare(cls, params: dict[str, Any]) -> None:
-        """Make what this variant needs before a run (fit artifacts on first use); most need nothing."""
+        """Make what this variant needs before a run (fit artifacts on first use); most need nothing.
+
+        Runs on the controller, so an override may import its ``fitting`` module
+        inside the method; runtime modules never import it at module level.
+        """
         return None
 
-    def fit(self, dataset: Any, model: Any, **params: Any) -> Any:
-        """Fit tables/weights for this variant. Classic codecs need nothing."""
+    def set_stream(self, deadline_ms: float | None = None, period_ms: float | None = None) -> None:
+        """Told the stream's deadline and frame period before a trial (client side).
+
+        Rate-aware codecs (AutoJPEG) pick their operating point from these.
+        """
+        return None
+
+    def feedback(self, image: np.ndarray, encoded: Encoded, record: dict, label: int | None = None) -> None:
+        """Learn from the edge's reply to one image (client side).
+
+        Called only when :attr:`learns_from_feedback` is true, with the source
+        image, what was sent, the trial record (edge result merged) and the
+        ground-truth label. AdaCompress and AutoJPEG adapt their quality here.
+        """
+        return None
+
+    def decode_features(self, chunks: list[bytes], total_chunks: int) -> Any | None:
+        """Features for :meth:`predict_features` from the received prefix, or None (edge side).
+
+        Used instead of :meth:`decode` when :attr:`split_computing` is true.
+        """
+        raise NotImplementedError(f"{self.name} is not a split-computing codec")
+
+    def predict_features(self, features: Any) -> np.ndarray:
+        """Class probabilities (batch x classes) from :meth:`decode_features`' output (edge side)."""
+        raise NotImplementedError(f"{self.name} is not a split-computing codec")
+
+    def decode_extra(self, chunks: list[bytes], total_chunks: int) -> list[np.ndarray]:
+        """Extra images carried in the payload that the edge should also classify.
+
+        AdaCompress piggybacks a reference image for its agent's reward; the
+        edge returns their top-5 as ``extra_top5``. Default: none.
+        """
+        return []
+
+    # -- offline evaluation hooks (`hilbed eval-codecs`, hilbed.nodes.codecs.fitting.evaluate) ----
+
+    def adapt_model(self, model: Any) -> Any:
+        """The classifier to evaluate decoded images with: ``model`` unless the artifact changes it.
+
+        AutoJPEG fitted with ``--finetune`` returns the fine-tuned model it carries.
+        """
+        return model
+
+    def summary(self) -> dict | None:
+        """What the codec did over a run, for the evaluation row (``codec_summary``); None: nothing."""
         return None
 
     def __repr__(self) -> str:

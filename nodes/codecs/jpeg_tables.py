@@ -193,7 +193,7 @@ def header_bytes(data: bytes) -> int:
 
 def dqt_tables(data: bytes) -> dict[int, np.ndarray]:
     """Quantisation tables in a stream: {table id: (64,) natural order}."""
-    from .dct import ZIGZAG
+    from hilbed.nodes.codecs.dct import ZIGZAG
     segs, _ = _segments(data)
     out: dict[int, np.ndarray] = {}
     for s in segs:

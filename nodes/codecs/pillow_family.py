@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image, ImageFile
 
-from .base import Codec, Encoded, Param
+from hilbed.nodes.codecs.base import Codec, Encoded, Param
 
 SOS = b"\xff\xda"
 EOI = b"\xff\xd9"

@@ -10,8 +10,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from hilbed.nodes.plugins import load_plugins
 from hilbed.orchestrator.cli import analysis, codecs, lab, trace
 from hilbed.orchestrator.cli.defaults import DEFAULT_SCENARIO, DEFAULT_TESTBED, default_path
+from hilbed.orchestrator.errors import RunError
 from hilbed.orchestrator.yamlsrc import ConfigError
 
 def _console():
@@ -79,7 +81,8 @@ def _print_outcome(out) -> None:
 
 def cmd_run(args) -> int:
     from hilbed.orchestrator.run.runner import Runner
-    runner = Runner(args.testbed, args.scenario, results_dir=args.results_dir, quiet=args.quiet)
+    runner = Runner(args.testbed, args.scenario, results_dir=args.results_dir, quiet=args.quiet,
+                    make_report=not args.no_report)
     out = runner.execute()
     _print_outcome(out)
     return 0 if out.state == "complete" and out.records == out.planned else 1
@@ -103,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--testbed", "-t", default=None, help=f"testbed YAML (default {DEFAULT_TESTBED})")
     r.add_argument("--results-dir", default=None, help="where runs/<id> go (default: testbed's results_dir)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    r.add_argument("--no-report", action="store_true", help="skip building report/ (`hilbed report` builds it later)")
     r.set_defaults(fn=cmd_run)
 
     v = sub.add_parser("validate", help="check testbed/scenario YAML files")
@@ -125,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for plugin in load_plugins():  # before parsing: plug-ins add codecs, link kinds and roles that configs name
+        if not plugin.ok:
+            print(f"hilbed: plug-in {plugin.module} failed to load: {plugin.error}", file=sys.stderr)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "testbed", "x") is None:
@@ -139,7 +146,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        from hilbed.orchestrator.errors import RunError
         if isinstance(exc, RunError):
             print(f"hilbed: {exc}", file=sys.stderr)
             return 1

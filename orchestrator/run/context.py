@@ -9,12 +9,14 @@ handler (``on_event``) the runner installs.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any, Callable
 
 from rich.console import Console
 
+from hilbed.nodes.plugins import ENV as PLUGINS_ENV
 from hilbed.orchestrator.lab.connect import make_transport
 from hilbed.orchestrator.lab.transport import AgentHandle, Transport, clock_probe
 from hilbed.orchestrator.roles import role as role_of
@@ -62,8 +64,11 @@ class RunContext:
         return self.medium_file if any(self.is_local(n) for n in self.testbed.jammers) else None
 
     def agent_env(self) -> dict[str, str]:
-        """Environment every agent gets."""
-        return {"HILBED_MEDIUM_FILE": str(self.medium_file), "HILBED_RUN_ID": self.store.run_id}
+        """Environment every agent gets (plug-ins too, so a plug-in kind's client and edge sides exist there)."""
+        env = {"HILBED_MEDIUM_FILE": str(self.medium_file), "HILBED_RUN_ID": self.store.run_id}
+        if os.environ.get(PLUGINS_ENV):
+            env[PLUGINS_ENV] = os.environ[PLUGINS_ENV]
+        return env
 
     # -- store ---------------------------------------------------------------
     def event(self, kind: str, **fields: Any) -> None:

@@ -1,14 +1,20 @@
-"""Dataset / model plumbing for codec fits and offline evaluation.
+"""Controller-side codec tooling: fitting, evaluation and the ``hilbed fit`` plug-ins.
 
+Everything here may import torch (inside functions at this level, at module
+level in the family modules); the runtime codecs in :mod:`hilbed.nodes.codecs`
+import from here only inside a function that fits on first use.
+
+This module is the dataset / model plumbing for fits and offline evaluation.
 A fit needs images (uint8 NHWC + labels) from a dataset spec, the target
 model (torch module + its input normalisation), a place to put artifacts and
 a way to report progress. The same specs as scenarios are accepted:
 ``synthetic`` | ``imagefolder:PATH`` | a plain directory path, and
 ``synthetic-cnn`` | ``cifar-resnet:PATH`` | a plain ``*.th``/``*.pt`` path.
 
-It also holds the *fit protocol* registry (see docs/codecs.md): every codec
-module named in :data:`hilbed.nodes.codecs.LAZY_CODECS` that defines ``fit_cli`` and
-``fit_main`` is a ``hilbed fit`` family, discovered without importing it; and
+It also holds the *fit protocol* registry (see docs/codecs.md): for a codec
+module ``hilbed.nodes.codecs.X`` named in :data:`hilbed.nodes.codecs.LAZY_CODECS`,
+``hilbed.nodes.codecs.fitting.X`` is its ``hilbed fit`` family when it defines
+``fit_cli`` and ``fit_main`` (discovered without importing it); and
 :func:`auto_artifact`, which fits once per settings key (file-locked across
 processes) for codecs whose params name no artifact.
 """
@@ -27,7 +33,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .artifacts import Artifact, ArtifactStore
+from hilbed.nodes.codecs.artifacts import Artifact, ArtifactStore
 
 Progress = Callable[[str, float], None]
 
@@ -156,12 +162,17 @@ def prepare(dataset: str, model: str, n: int, size: int = 32, seed: int = 0, dev
 
 # --------------------------------------------------------- fit registry ---
 
+def fitting_module_name(codec_module: str) -> str:
+    """``hilbed.nodes.codecs.X`` (a runtime codec module) -> ``hilbed.nodes.codecs.fitting.X``."""
+    return f"{__name__}.{codec_module.rsplit('.', 1)[-1]}"
+
+
 def fit_families() -> dict[str, str]:
-    """``hilbed fit`` families: codec name -> module, for modules that exist (not imported here)."""
-    from . import LAZY_CODECS
+    """``hilbed fit`` families: codec name -> its fitting module, for modules that exist (not imported here)."""
+    from hilbed.nodes.codecs import LAZY_CODECS
     out = {}
     for name, target in LAZY_CODECS.items():
-        mod = target.split(":")[0]
+        mod = fitting_module_name(target.split(":")[0])
         if importlib.util.find_spec(mod) is not None:
             out[name] = mod
     return out

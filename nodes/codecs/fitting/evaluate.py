@@ -7,7 +7,9 @@ that learn from replies (``feedback``) get each image's reply in order after
 its mini-batch, the way a client sees replies arrive while it keeps
 encoding. A codec's ``decode_extra`` (reference images uploaded alongside,
 AdaCompress's estimation state) is inferred too and returned as
-``extra_top5``, as the edge does.
+``extra_top5``, as the edge does. The hooks are those declared on
+:class:`hilbed.nodes.codecs.base.Codec` (``learns_from_feedback``,
+``split_computing``, ``adapt_model``, ``summary``).
 
 Rows report bytes per image as sent (headers included), the entropy-coded
 payload (headers excluded), what a full-header stream would have cost, top-1,
@@ -27,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import make_codec
+from hilbed.nodes.codecs import make_codec
 
 
 @dataclass
@@ -123,12 +125,10 @@ def evaluate_variant(v: Variant, images: np.ndarray, labels: np.ndarray, model, 
     """Rate-accuracy of one variant on ``images`` (uint8 NHWC) with ``model`` (LoadedModel)."""
     enc_codec = make_codec(v.codec, v.params)
     dec_codec = make_codec(v.codec, v.params)
-    has_fb = callable(getattr(enc_codec, "feedback", None))
-    has_extra = callable(getattr(dec_codec, "decode_extra", None))
+    has_fb = enc_codec.learns_from_feedback
     # split-computing codecs (entropic student, CR+BQ) decode to features and predict with their own tail
-    has_feat = callable(getattr(dec_codec, "decode_features", None))
-    if callable(getattr(dec_codec, "adapt_model", None)):
-        model = dec_codec.adapt_model(model)  # e.g. AutoJPEG fitted with --finetune
+    has_feat = dec_codec.split_computing
+    model = dec_codec.adapt_model(model)  # e.g. AutoJPEG fitted with --finetune; most return it unchanged
     step = feedback_batch if has_fb else batch
     n = len(images)
     sent = np.zeros(n)
@@ -164,11 +164,10 @@ def evaluate_variant(v: Variant, images: np.ndarray, labels: np.ndarray, model, 
         else:
             probs = model.predict(np.stack(pix))
         extras: list[list[list[int]]] = [[] for _ in idx]
-        if has_extra:
-            for k, e in enumerate(encs):
-                imgs = dec_codec.decode_extra(e.chunks, len(e.chunks)) or []
-                if imgs:
-                    extras[k] = [_top5(p) for p in model.predict(np.stack(imgs))]
+        for k, e in enumerate(encs):  # [] for codecs that upload nothing extra
+            imgs = dec_codec.decode_extra(e.chunks, len(e.chunks)) or []
+            if imgs:
+                extras[k] = [_top5(p) for p in model.predict(np.stack(imgs))]
         for k, i in enumerate(idx):
             t5 = _top5(probs[k]) if ok[k] else []
             if not ok[k]:
@@ -191,9 +190,9 @@ def evaluate_variant(v: Variant, images: np.ndarray, labels: np.ndarray, model, 
         "top1": float(correct1.mean()), "top5": float(correct5.mean()),
         "decode_failures": failed, "encode_ms": float(enc_s.mean() * 1e3),
     }
-    summary = getattr(enc_codec, "summary", None)
-    if callable(summary):
-        row["codec_summary"] = summary()
+    summary = enc_codec.summary()
+    if summary is not None:
+        row["codec_summary"] = summary
     return row
 
 

@@ -1,9 +1,10 @@
-"""What the neural codec families share: data as tensors, the frozen teacher,
-the distillation loss, a small training loop and weight (de)serialisation.
+"""What fitting the neural codec families shares: data as tensors, the
+frozen teacher, the distillation loss, a small training loop and weight
+serialisation.
 
-Used at fit time and on the edge; never imported by a light client (PNC's
-client-side encoder is pure numpy). Torch is imported here at module level,
-so import this module lazily from codec code.
+Fit time only (controller-side): what the edge needs to rebuild a network
+(the ResNet tail, ``to_unit``, loading weights) is in
+:mod:`hilbed.nodes.codecs.nets.common`. Torch is imported at module level.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..paths import cache_dir
-from ..workload.models import (
+from hilbed.nodes.codecs.nets.common import to_unit
+from hilbed.nodes.paths import cache_dir
+from hilbed.nodes.workload.models import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     CifarResNet,
@@ -65,7 +67,7 @@ def load_images(spec: str, size: int = 32, limit: int | None = None, seed: int =
     path, size and the folder's file list, so the 10k CIFAR JPEGs decode once.
     """
     if spec.startswith("synthetic"):
-        from ..workload.synthetic import CLASSES, make_image
+        from hilbed.nodes.workload.synthetic import CLASSES, make_image
         n = int(spec.split(":", 1)[1]) if ":" in spec else (limit or 2000)
         xs = np.empty((n, size, size, 3), np.uint8)
         ys = np.empty(n, np.int64)
@@ -73,7 +75,7 @@ def load_images(spec: str, size: int = 32, limit: int | None = None, seed: int =
             xs[i], ys[i] = make_image(i, split, seed, size)
         return ImageTensors(xs, ys, tuple(CLASSES), spec).subset(limit, seed)
     path = spec.split(":", 1)[1] if spec.startswith("imagefolder:") else spec
-    from ..workload.imagefolder import ImageFolder
+    from hilbed.nodes.workload.imagefolder import ImageFolder
     ds = ImageFolder(path, size)
     listing = "\n".join(f"{p.relative_to(ds.root)}:{p.stat().st_size}" for p, _ in ds.items)
     key = hashlib.sha256(f"{ds.root.resolve()}|{size}|{listing}".encode()).hexdigest()[:16]
@@ -89,12 +91,6 @@ def load_images(spec: str, size: int = 32, limit: int | None = None, seed: int =
         np.savez(tmp, x=x, y=y)
         os.replace(tmp, cache)
     return ImageTensors(x, y, tuple(ds.classes), str(path)).subset(limit, seed)
-
-
-def to_unit(batch: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 NHWC -> float NCHW in [0, 1] on ``device``."""
-    t = torch.as_tensor(np.ascontiguousarray(batch)) if isinstance(batch, np.ndarray) else batch
-    return t.to(device).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def augment(x: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.Tensor:
@@ -167,33 +163,6 @@ def load_teacher(spec: str, device: torch.device | str = "cpu", size: int = 32) 
     """``cifar-resnet:PATH`` or ``synthetic-cnn`` (the edge's model spec), frozen, on ``device``."""
     lm = load_model(spec, "cpu", size)
     return Teacher(lm.module, lm.mean, lm.std).to(device)
-
-
-class ResNetTail(nn.Module):
-    """layer2, layer3, pooling and the classifier of a CIFAR ResNet, as a trainable copy."""
-
-    def __init__(self, resnet: CifarResNet):
-        super().__init__()
-        import copy
-        self.layer2 = copy.deepcopy(resnet.layer2)
-        self.layer3 = copy.deepcopy(resnet.layer3)
-        self.linear = copy.deepcopy(resnet.linear)
-        for p in self.parameters():
-            p.requires_grad_(True)
-
-    def forward(self, f1: torch.Tensor, return_features: bool = False):
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
-        logits = self.linear(F.adaptive_avg_pool2d(f3, 1).flatten(1))
-        return (f2, f3, logits) if return_features else logits
-
-
-def tail_config(resnet: CifarResNet) -> dict:
-    return {"blocks": len(resnet.layer1), "classes": resnet.linear.out_features}
-
-
-def build_tail(cfg: dict) -> ResNetTail:
-    return ResNetTail(CifarResNet(cfg["blocks"], cfg["classes"]))
 
 
 # ------------------------------------------------------------------ loss ---
@@ -297,36 +266,6 @@ def state_to_npz(state: dict[str, torch.Tensor]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **{k: v.detach().cpu().numpy() for k, v in state.items()})
     return buf.getvalue()
-
-
-def npz_to_arrays(data: bytes) -> dict[str, np.ndarray]:
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
-
-
-def load_state(module: nn.Module, arrays: dict[str, np.ndarray], prefix: str = "", strict: bool = True) -> None:
-    """Copy ``prefix``-ed arrays into ``module`` (resizing buffers whose shape is data dependent)."""
-    own = module.state_dict()
-    sub = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
-    if strict:
-        missing = set(own) - set(sub)
-        if missing:
-            raise KeyError(f"weights missing for {sorted(missing)[:5]}")
-    for name, arr in sub.items():
-        if name not in own:
-            if strict:
-                raise KeyError(f"unexpected weight {name}")
-            continue
-        t = own[name]
-        src = torch.from_numpy(np.array(arr))
-        if t.shape != src.shape:  # e.g. an entropy bottleneck's CDF tables
-            obj = module
-            *path, leaf = name.split(".")
-            for p in path:
-                obj = getattr(obj, p)
-            getattr(obj, leaf).resize_(src.shape)
-        own_t = module.state_dict()[name]
-        own_t.copy_(src.to(own_t.dtype))
 
 
 def json_safe(obj):

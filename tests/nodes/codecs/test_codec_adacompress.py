@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from hilbed.nodes.codecs import make_codec
-from hilbed.nodes.codecs.adacompress import (
-    N_FEATURES, QUALITIES, REF_QUALITY, Agent, Hyper, Learner, OfflineEnv, QNet, extract_features, pretrain, reward,
-)
+from hilbed.nodes.codecs.adacompress import REF_QUALITY, extract_features
 from hilbed.nodes.codecs.artifacts import ArtifactStore
+from hilbed.nodes.codecs.fitting.adacompress import OfflineEnv, pretrain
+from hilbed.nodes.codecs.nets.adacompress import N_FEATURES, QUALITIES, Agent, Hyper, Learner, QNet, reward
 from hilbed.nodes.workload.synthetic import make_image
 
 
@@ -224,7 +224,7 @@ def test_pretraining_on_the_synthetic_default(tmp_path, monkeypatch, synthetic_m
     """The auto pre-training path (what a scenario without an artifact runs), within a minute."""
     import time
     monkeypatch.setenv("HILBED_ARTIFACTS", str(tmp_path))
-    import hilbed.nodes.codecs.adacompress as A
+    import hilbed.nodes.codecs.fitting.adacompress as A
     monkeypatch.setattr(A, "AUTO_IMAGES", 128)
     monkeypatch.setattr(A, "AUTO_STEPS", 600)
     t0 = time.monotonic()

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from hilbed.nodes.codecs import make_codec  # noqa: E402
 from hilbed.nodes.codecs.artifacts import ArtifactStore  # noqa: E402
-from hilbed.nodes.codecs.autojpeg import (  # noqa: E402
+from hilbed.nodes.codecs.fitting.autojpeg import (  # noqa: E402
     colour_matrix_t, diff_jpeg, estimate_bits, estimate_bits_np, fit_autojpeg, fit_constraint, smooth_round,
 )
 from hilbed.nodes.codecs.jpeg_tables import BT601, ColourTransform, JpegProfile, ijg_quality_tables  # noqa: E402
@@ -74,7 +74,7 @@ def test_differentiable_jpeg_matches_the_real_codec():
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory, synthetic_model):
-    from hilbed.nodes.codecs import fit as F
+    from hilbed.nodes.codecs import fitting as F
     F.set_threads(1)
     root = tmp_path_factory.mktemp("autojpeg-store")
     store = ArtifactStore(root)

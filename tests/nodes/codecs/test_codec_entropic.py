@@ -20,7 +20,7 @@ from hilbed.nodes.codecs.artifacts import ArtifactStore
 # ------------------------------------------------------------------ KD ---
 
 def test_kd_loss_matches_its_definition():
-    from hilbed.nodes.codecs.neural_common import kd_loss
+    from hilbed.nodes.codecs.fitting.neural import kd_loss
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(16, 10, generator=g), torch.randn(16, 10, generator=g)
     y = torch.randint(0, 10, (16,), generator=g)
@@ -43,7 +43,8 @@ def test_kd_loss_matches_its_definition():
 
 
 def test_teacher_split_points_reproduce_the_forward_pass():
-    from hilbed.nodes.codecs.neural_common import ResNetTail, Teacher
+    from hilbed.nodes.codecs.fitting.neural import Teacher
+    from hilbed.nodes.codecs.nets.common import ResNetTail
     from hilbed.nodes.workload.models import CifarResNet
     torch.manual_seed(0)
     net = CifarResNet(1).eval()
@@ -78,13 +79,13 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data():
-    from hilbed.nodes.codecs.neural_common import load_images
+    from hilbed.nodes.codecs.fitting.neural import load_images
     return load_images("synthetic:128", 32)
 
 
 @pytest.fixture(scope="module")
 def fitted(compressai, env, data):
-    from hilbed.nodes.codecs import entropic as E
+    from hilbed.nodes.codecs.fitting import entropic as E
     return {fam: E.FIT_FUNCTIONS[fam](data, env["teacher"], fit=E.PRESETS["tiny"], store=env["store"], limit=128)
             for fam in E.FAMILIES}
 
@@ -156,10 +157,11 @@ def test_crbq_is_an_8bit_bottleneck(fitted, data):
 
 def test_stage2_freezes_the_encoder(fitted, env, data):
     """The artifact's encoder is stage 1's: fine-tuning touched only decoder and tail."""
-    from hilbed.nodes.codecs import entropic as E
+    from hilbed.nodes.codecs.entropic import load_split
+    from hilbed.nodes.codecs.fitting import entropic as E
     art = E.fit_entropic(data, env["teacher"], fit=E.PRESETS["tiny"], store=env["store"], limit=128, epochs2=0.0)
-    a = E.load_split(art.id)
-    b = E.load_split(fitted["entropic"].id)
+    a = load_split(art.id)
+    b = load_split(fitted["entropic"].id)
     for (n1, p1), (_, p2) in zip(a.net["encoder"].state_dict().items(), b.net["encoder"].state_dict().items()):
         assert torch.equal(p1, p2), n1
     assert not all(torch.equal(p1, p2) for p1, p2 in zip(a.net["tail"].state_dict().values(),

@@ -9,7 +9,8 @@ import pytest
 
 from hilbed.nodes.codecs import make_codec
 from hilbed.nodes.codecs.artifacts import ArtifactStore
-from hilbed.nodes.codecs.grace import GraceProbe, fit_grace, probe, quant_tables, theorem1, theorem2
+from hilbed.nodes.codecs.fitting.grace import fit_grace, probe, theorem2
+from hilbed.nodes.codecs.grace import GraceProbe, quant_tables, theorem1
 from hilbed.nodes.codecs.jpeg_tables import ColourTransform, dqt_tables, parse_header
 from hilbed.nodes.workload.synthetic import make_image
 
@@ -102,7 +103,7 @@ def test_probe_gradient_is_the_block_dct_of_the_pixel_gradient():
 @pytest.fixture(scope="module")
 def grace_artifact(tmp_path_factory, synthetic_model):
     """A small fit on the synthetic default (the path `hilbed fit grace` takes)."""
-    from hilbed.nodes.codecs import fit as F
+    from hilbed.nodes.codecs import fitting as F
     root = tmp_path_factory.mktemp("grace-store")
     store = ArtifactStore(root)
     F.set_threads(1)
@@ -187,7 +188,7 @@ def test_bad_params_are_refused():
 
 def test_cifar_probe_on_real_data(shared_data):
     """The ResNet-20 probe on a few CIFAR images gives valid G-YUV weights and decodable streams."""
-    from hilbed.nodes.codecs import fit as F
+    from hilbed.nodes.codecs import fitting as F
     ckpt = shared_data / "models" / "resnet20-12fca82f.th"
     x, y, loaded, src = F.prepare(str(shared_data / "cifar10" / "train"), str(ckpt), 16, 32, 0, "cpu")
     out = probe(loaded, x, y, None, keep_ratios=True)

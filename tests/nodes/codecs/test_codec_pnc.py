@@ -18,16 +18,9 @@ torch = pytest.importorskip("torch")
 
 from hilbed.nodes.codecs import CodecParamsError, make_codec
 from hilbed.nodes.codecs.artifacts import ArtifactStore
-from hilbed.nodes.codecs.pnc import (
-    ChannelCoder,
-    PncArch,
-    PncCodec,
-    build_modules,
-    canonical_codes,
-    huffman_lengths,
-    load_pnc,
-    tail_drop_mask,
-)
+from hilbed.nodes.codecs.fitting.pnc import huffman_lengths, tail_drop_mask
+from hilbed.nodes.codecs.nets.pnc import build_modules
+from hilbed.nodes.codecs.pnc import ChannelCoder, PncArch, PncCodec, canonical_codes, load_pnc
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +39,8 @@ def store(tmp_path_factory) -> ArtifactStore:
 
 @pytest.fixture(scope="module")
 def fitted(store, teacher_ckpt, monkeypatch_module):
-    from hilbed.nodes.codecs.neural_common import load_images
-    from hilbed.nodes.codecs.pnc import PRESETS, fit_pnc
+    from hilbed.nodes.codecs.fitting.neural import load_images
+    from hilbed.nodes.codecs.fitting.pnc import PRESETS, fit_pnc
     monkeypatch_module.setenv("HILBED_ARTIFACTS", str(store.root))
     data = load_images("synthetic:192", 32)
     art = fit_pnc(data, teacher_ckpt, fit=PRESETS["tiny"], store=store, limit=192)
@@ -154,7 +147,7 @@ def test_auto_fit_once_per_settings(store, teacher_ckpt, monkeypatch):
 
 
 def test_numpy_encoder_matches_torch(fitted, images):
-    from hilbed.nodes.codecs.neural_common import load_state, to_unit
+    from hilbed.nodes.codecs.nets.common import load_state, to_unit
     m = load_pnc(fitted.id)
     enc, _ = build_modules(m.arch)
     load_state(enc, m.weights, "encoder.")

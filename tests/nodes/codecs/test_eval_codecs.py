@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from hilbed.nodes.codecs.evaluate import (
+from hilbed.nodes.codecs.fitting.evaluate import (
     Variant, bytes_for_accuracy, compare_to_reference, evaluate_variant, pareto, parse_variants,
 )
 from hilbed.orchestrator.cli.main import main
@@ -43,7 +43,7 @@ def test_pareto_and_reference_comparison_on_hand_made_rows():
 
 
 def test_evaluate_variant_counts_bytes_and_accuracy(synthetic_model):
-    from hilbed.nodes.codecs.fit import load_images, open_dataset
+    from hilbed.nodes.codecs.fitting import load_images, open_dataset
     x, y = load_images(open_dataset("synthetic", 32, "test", 96), 96)
     lo = evaluate_variant(Variant("jpeg", {"quality": 10}), x, y, synthetic_model, batch=32)
     hi = evaluate_variant(Variant("jpeg", {"quality": 90}), x, y, synthetic_model, batch=32)
