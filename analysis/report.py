@@ -142,7 +142,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
     runs = [run_facts(d, m) for d, m in zip(run_dirs, manifests)]
     title = title or ", ".join(dict.fromkeys(r["scenario"] or "?" for r in runs))
     lhead, lrows = latency_rows(summ, by)
-    env = jinja2.Environment(loader=jinja2.PackageLoader("analysis", "templates"), autoescape=True)
+    env = jinja2.Environment(loader=jinja2.PackageLoader("hilbed.analysis", "templates"), autoescape=True)
     html = env.get_template("report.html.j2").render(
         title=title, runs=runs, n_records=len(df), nby=len(by),
         columns=headers(by), rows=[fmt_row(r, by) for _, r in summ.iterrows()],

@@ -90,7 +90,8 @@ def cmd_run(args) -> int:
 
 def cmd_resume(args) -> int:
     from hilbed.orchestrator.run.runner import Runner
-    runner = Runner(resume_dir=args.run_dir, quiet=args.quiet)
+    runner = Runner(resume_dir=args.run_dir, quiet=args.quiet, accept_changed_inputs=args.accept_changed_inputs,
+                    force_unlock=args.force_unlock)
     out = runner.execute()
     _print_outcome(out)
     return 0 if out.state == "complete" and out.records == out.planned else 1
@@ -121,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     rs = sub.add_parser("resume", help="finish an interrupted run without redoing finished images")
     rs.add_argument("run_dir")
     rs.add_argument("--quiet", "-q", action="store_true")
+    rs.add_argument("--accept-changed-inputs", action="store_true",
+                    help="resume although a trace, dataset, weight or artifact changed (recorded in the manifest)")
+    rs.add_argument("--force-unlock", action="store_true",
+                    help="take over the run directory's lock held on another host (the run there must be gone)")
     rs.set_defaults(fn=cmd_resume)
 
     for register in (trace.register, lab.register, codecs.register, analysis.register):

@@ -357,3 +357,18 @@ def verify_inputs(recorded: dict, current: dict) -> list[str]:
             if p:
                 problems.append(p)
     return problems
+
+
+def fill_missing_hashes(recorded: dict, current: dict) -> dict:
+    """``recorded`` with the entries it could not hash (not made yet: a model trained or an artifact fitted
+    on first use) taken from ``current``; entries that were hashed stay as recorded (the baseline)."""
+    out = dict(recorded)
+    files = dict(out.get("files", {}))
+    for key, entry in current.get("files", {}).items():
+        if key not in files or files[key].get("sha256") is None:
+            files[key] = entry
+    out["files"] = files
+    for key in ("model", "dataset"):
+        if isinstance(out.get(key), dict) and out[key].get("sha256") is None and key in current:
+            out[key] = current[key]
+    return out

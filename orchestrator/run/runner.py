@@ -34,6 +34,8 @@ from hilbed.orchestrator.roles import ROLES
 from hilbed.orchestrator.run.conditions import Conditions
 from hilbed.orchestrator.run.context import RunContext
 from hilbed.orchestrator.run.preflight import preflight
+from hilbed.orchestrator.run.inputs import collect_inputs, fill_missing_hashes, verify_inputs
+from hilbed.orchestrator.run.lock import RunLock
 from hilbed.orchestrator.run.recovery import Recovery, resume_done_keys
 from hilbed.orchestrator.run.store import RunStore
 from hilbed.orchestrator.ui import make_console
@@ -94,7 +96,8 @@ class Runner:
 
     def __init__(self, testbed_path: str | Path | None = None, scenario_path: str | Path | None = None, *,
                  results_dir: str | Path | None = None, resume_dir: str | Path | None = None,
-                 console: Console | None = None, make_report: bool = True, quiet: bool = False):
+                 console: Console | None = None, make_report: bool = True, quiet: bool = False,
+                 accept_changed_inputs: bool = False, force_unlock: bool = False):
         self.console = console or make_console()
         self.quiet = quiet
         self.make_report = make_report
@@ -104,13 +107,16 @@ class Runner:
         self._task = None
         self._records_written = 0
         self._jam_series: list[tuple[int, int, float, float]] = []  # (t_start, t_end, load, mbps), controller ns
+        self._stale_lock: dict | None = None
         if resume_dir is not None:
             store = RunStore(Path(resume_dir))
             if not store.manifest_path.exists():
                 raise RunError(f"{resume_dir}: not a run directory (no manifest.json)")
+            self.lock = self._take_lock(store.root, force_unlock)
             manifest = store.read_manifest()
             testbed = load_testbed(manifest["testbed"]["path"], manifest["testbed"]["text"])
             scenario = load_scenario(manifest["scenario"]["path"], manifest["scenario"]["text"])
+            self._verify_inputs(store, manifest, testbed, scenario, accept_changed_inputs)
             self.resuming = True
         else:
             assert testbed_path is not None and scenario_path is not None
@@ -120,6 +126,7 @@ class Runner:
             if not rd.is_absolute() and results_dir is None:
                 rd = Path(testbed_path).resolve().parent / rd
             store = RunStore.create(rd, scenario.name)
+            self.lock = self._take_lock(store.root, force_unlock)
             manifest = {
                 "run_id": store.run_id, "state": "created", "hilbed_version": package_versions().get("hilbed"),
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -131,15 +138,47 @@ class Runner:
                              "parsed": scenario.model_dump(mode="json")},
                 "git": git_facts(), "versions": package_versions(), "host": host_facts(),
                 "command": sys.argv,
+                "inputs": collect_inputs(scenario, testbed, scenario_path),
             }
             self.resuming = False
         self.ctx = RunContext(testbed, scenario, store, manifest, self.console, self._on_event)
         self.testbed, self.scenario, self.store, self.manifest = testbed, scenario, store, manifest
         self.conditions = Conditions(self.ctx)
         self.recovery: Recovery | None = None
-        self.plan: Plan = make_plan(self.scenario, self.testbed)
+        try:
+            self.plan: Plan = make_plan(self.scenario, self.testbed)
+        except BaseException:
+            self.lock.release()
+            raise
         self.manifest["plan"] = {"trials": [t.id for t in self.plan.trials], "images": self.plan.n_images}
         self.store.write_manifest(self.manifest)
+
+    def _take_lock(self, run_dir: Path, force: bool) -> RunLock:
+        """The run directory's live lock: a second run/resume on it refuses, naming the owner."""
+        lock = RunLock(run_dir, force=force, force_hint="rerun with --force-unlock")
+        replaced = lock.acquire()
+        if replaced:
+            self._stale_lock = replaced  # recorded once the store takes events
+        return lock
+
+    def _verify_inputs(self, store: RunStore, manifest: dict, testbed: Any, scenario: Any, accept: bool) -> None:
+        """Resume only onto the inputs the run started with (traces, dataset, weights, artifacts)."""
+        recorded = manifest.get("inputs")
+        if not recorded:
+            store.append_event(RunEvent.INPUTS_UNVERIFIED, reason="the run recorded no input hashes (older hilbed)")
+            return
+        current = collect_inputs(scenario, testbed, manifest["scenario"]["path"])
+        problems = verify_inputs(recorded, current)
+        if not problems:
+            return
+        if not accept:
+            self.lock.release()
+            raise RunError("inputs changed since the run started, resuming would mix conditions: "
+                           + "; ".join(problems) + " (--accept-changed-inputs resumes anyway and records it)")
+        manifest.setdefault("inputs_overrides", []).append(
+            {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "problems": problems, "inputs": current})
+        store.append_event(RunEvent.INPUTS_CHANGED, problems=problems, accepted=True)
+        self.console.print("[red]resuming with changed inputs (recorded in the manifest): " + "; ".join(problems) + "[/]")
 
     # ------------------------------------------------------------ agents ---
     def _on_event(self, node: str, role: str, msg: dict) -> None:
@@ -218,7 +257,16 @@ class Runner:
                 "period_ms": self.scenario.stream.period_ms}
 
     def execute(self) -> RunOutcome:
+        """Run what is left of the plan; the run directory's lock is released on every path."""
+        try:
+            return self._execute()
+        finally:
+            self.lock.release()
+
+    def _execute(self) -> RunOutcome:
         t0 = time.monotonic()
+        if self._stale_lock:
+            self.store.append_event(RunEvent.STALE_LOCK_REPLACED, **self._stale_lock)
         done = resume_done_keys(self.store) if self.resuming else set()
         if self.resuming:
             dropped = self.store.repair_tail()
@@ -271,6 +319,9 @@ class Runner:
             self.conditions.setup()  # e.g. radio emulators, before the agents that open their ports
             prog.update(self._task, description="starting agents")
             self._start_agents()
+            if not self.resuming:  # inputs made on first use (the default model, fitted artifacts) exist now
+                self.manifest["inputs"] = fill_missing_hashes(self.manifest["inputs"], collect_inputs(
+                    self.scenario, self.testbed, self.manifest["scenario"]["path"]))
             self.ctx.probe_clocks("before")
             self.recovery = Recovery(self.ctx, self._reapply)
             for t, _ in todo:
