@@ -12,7 +12,9 @@ logic on the host.  Layers, bottom up:
 * ``message``: deadline-bounded, chunked message transport with per-chunk
   delivery times;
 * ``emulator``: pty-based emulation of both firmwares with a shared,
-  jammable medium (``python -m hilbed.firmware_bridge.emulator``).
+  jammable medium (``python -m hilbed.firmware_bridge.emulator``);
+* ``fuzz``: seeded serial fuzzer over the decoders and the message receiver
+  (``benchmarks/serial_fuzz.py``, ``tests/firmware_bridge/test_serial_fuzz.py``).
 """
 
 from importlib import import_module
@@ -36,6 +38,8 @@ _EXPORTS = {
     "MessageReceiver": "message",
     "MessageEvent": "message",
     "ReceivedMessage": "message",
+    "ReceiverLimits": "message",
+    "ReceiverStats": "message",
     "SendReport": "message",
     "ChunkDelivery": "message",
 }

@@ -86,8 +86,11 @@ class HdlcDecoder:
                         valid frame, excluding flag bytes.  Bytes before the
                         first flag, inside rejected frames, and of overruns
                         all count here, so for any input stream
-                        ``len(stream) == flags + raw bytes of good frames +
-                        garbage_bytes + pending_bytes``.
+                        ``len(stream) == flags_seen + frame_bytes +
+                        garbage_bytes + pending_bytes``;
+    * ``frame_bytes``   raw bytes of the valid frames (a peer may escape
+                        bytes that need no escaping, so this is not always
+                        the re-encoded length).
     """
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
@@ -101,6 +104,7 @@ class HdlcDecoder:
         self.too_short = 0
         self.overruns = 0
         self.garbage_bytes = 0
+        self.frame_bytes = 0
         self.flags_seen = 0
 
     @property
@@ -187,4 +191,5 @@ class HdlcDecoder:
             self.garbage_bytes += len(raw)
             return None
         self.frames_ok += 1
+        self.frame_bytes += len(raw)
         return decoded[:-2]

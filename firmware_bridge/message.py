@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 import struct
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -119,6 +119,8 @@ class MessageEvent:
     total_bytes: int | None = None
     rssi: int | None = None
     lqi: int | None = None
+    src: int | bytes | None = None  # sender's MAC source address (Spinel); None on wuart
+    reason: str | None = None  # abort raised by the receiver itself: see MessageReceiver
 
 
 @dataclass
@@ -134,6 +136,8 @@ class ReceivedMessage:
     timed_out: bool = False
     t_begin: float | None = None
     t_finish: float | None = None
+    src: int | bytes | None = None
+    close_reason: str | None = None  # set when the receiver, not the sender, closed it
 
     @property
     def complete(self) -> bool:
@@ -262,16 +266,74 @@ class MessageSender:
 
 # --- receiver ----------------------------------------------------------------------
 
+CloseReason = Literal["bad_sequence", "over_limit", "superseded", "evicted"]
+
+
+@dataclass(frozen=True)
+class ReceiverLimits:
+    """What one sender (or a hostile frame source) can make the receiver hold.
+
+    Why: the receiver keeps one assembly per (source address, message id)
+    and fragments may arrive out of order, so without bounds a stream of
+    forged fragment headers could grow memory without limit.
+    """
+
+    max_assemblies: int = 32  # messages open at once (normally one per client); the oldest is evicted
+    max_fragment_index: int = 4095  # per chunk (4096 x 110 B = 440 KiB over Spinel)
+    max_buffered_fragments: int = 8192  # per message: held but not yet delivered in order
+    max_buffered_bytes: int = 1 << 20  # per message
+    max_message_bytes: int = 16 << 20  # a BEGIN announcing more is refused
+    max_closed: int = 256  # closed messages remembered, so late frames for them are recognised
+
+
+@dataclass
+class ReceiverStats:
+    """Counters of a MessageReceiver; see :meth:`MessageReceiver.counters`.
+
+    Every DATA fragment handled ends up in exactly one bucket, so
+    ``data_fragments == delivered_fragments + duplicate_fragments +
+    dropped_fragments + pending_fragments`` always holds: nothing that
+    arrived is lost without being counted.
+    """
+
+    frames: int = 0  # hilbed frames handled (BEGIN/DATA/END/ABORT)
+    ignored_frames: int = 0  # not hilbed frames: undecodable MHR, not data, other source, short body, bad kind
+    data_fragments: int = 0
+    delivered_fragments: int = 0  # part of a chunk event
+    duplicate_fragments: int = 0  # already held or already delivered (retransmission after a lost ACK)
+    dropped_fragments: int = 0  # never delivered: contradicting, over a limit, left in a closed message, late
+    pending_fragments: int = 0  # held now, waiting for earlier fragments
+    duplicate_control: int = 0  # repeated BEGIN/END/ABORT
+    bad_sequences: int = 0  # messages closed because their fragments contradicted each other or BEGIN
+    over_limit: int = 0  # messages closed (or refused at BEGIN) for exceeding ReceiverLimits
+    superseded_assemblies: int = 0  # closed by a BEGIN of another message from the same source
+    evicted_assemblies: int = 0  # closed because max_assemblies were open
+    messages_begun: int = 0
+    messages_ended: int = 0  # END from the sender
+    messages_aborted: int = 0  # ABORT from the sender
+    open_assemblies: int = 0
+
+
 class _Assembly:
-    def __init__(self, msg_id: int) -> None:
+    __slots__ = ("key", "src", "msg_id", "explicit_begin", "chunk_count", "total_bytes", "fragments", "high",
+                 "last_fragment", "completed_at", "next_chunk", "buffered_fragments", "buffered_bytes",
+                 "delivered_bytes")
+
+    def __init__(self, key: tuple[object, int], src: int | bytes | None, msg_id: int) -> None:
+        self.key = key
+        self.src = src
         self.msg_id = msg_id
-        self.fragments: dict[int, dict[int, bytes]] = {}
-        self.last_fragment: dict[int, int] = {}
-        self.completed_at: dict[int, tuple[float, float]] = {}
+        self.explicit_begin = False
+        self.chunk_count: int | None = None
+        self.total_bytes: int | None = None
+        self.fragments: dict[int, dict[int, bytes]] = {}  # chunk -> fragment index -> payload, undelivered
+        self.high: dict[int, int] = {}  # chunk -> highest fragment index held
+        self.last_fragment: dict[int, int] = {}  # chunk -> index of the fragment with the LAST flag
+        self.completed_at: dict[int, tuple[float, float]] = {}  # complete, waiting for earlier chunks
         self.next_chunk = 0
-        self.begun = False
-        self.ended = False
-        self.aborted = False
+        self.buffered_fragments = 0
+        self.buffered_bytes = 0
+        self.delivered_bytes = 0
 
 
 class MessageReceiver:
@@ -281,125 +343,249 @@ class MessageReceiver:
     before it are complete, with the time its last missing fragment arrived.
     Duplicated fragments (retransmissions whose ACK was lost) are ignored.
     ``src`` restricts Spinel reception to one sender's short address.
+
+    Assemblies are kept per (source address, message id) -- Spinel frames
+    carry the sender's MAC address; a wuart link has one sender, ``src`` None
+    -- so several clients can send to one edge radio at once.  No fragment
+    sequence raises: one that no sender following this protocol produces
+    (a fragment beyond the chunk's LAST fragment, a second LAST, a chunk
+    beyond BEGIN's count, more bytes than BEGIN announced) closes the
+    message as incomplete, as do exceeding :class:`ReceiverLimits`, a BEGIN
+    of a new message from the same source and eviction when too many are
+    open.  Such a closure is reported as an ``abort`` event whose ``reason``
+    says why and whose ``chunk_count`` is the number of chunks delivered, so
+    a consumer decodes the prefix at once.  Everything dropped is counted in
+    :attr:`stats`.
     """
 
-    def __init__(self, radio: Radio, *, src: int | None = None) -> None:
+    def __init__(self, radio: Radio | None, *, src: int | None = None, limits: ReceiverLimits | None = None,
+                 protocol: str | None = None) -> None:
         self.radio = radio
         self.src = src
+        self.limits = limits or ReceiverLimits()
+        self.protocol = protocol or getattr(radio, "protocol", "spinel")
+        self.stats = ReceiverStats()
         self._events: deque[MessageEvent] = deque()
-        self._current: _Assembly | None = None
-        self._wuart = wuart.WuartDecoder() if isinstance(radio, WuartRadio) else None
-        self.ignored_frames = 0
-        self.duplicate_fragments = 0
+        self._open: OrderedDict[tuple[object, int], _Assembly] = OrderedDict()  # least recently active first
+        self._closed: OrderedDict[tuple[object, int], None] = OrderedDict()
+        self._wuart = wuart.WuartDecoder() if self.protocol == "wuart" else None
 
+    # --- compatibility counters --------------------------------------------------------
+    @property
+    def ignored_frames(self) -> int:
+        return self.stats.ignored_frames
+
+    @property
+    def duplicate_fragments(self) -> int:
+        return self.stats.duplicate_fragments
+
+    def counters(self) -> dict[str, int]:
+        """All receiver counters (and the wuart decoder's, prefixed ``wuart_``) as one flat dict."""
+        out = dict(vars(self.stats))
+        if self._wuart is not None:
+            out.update({f"wuart_{k}": v for k, v in self._wuart.counters().items()})
+        return out
+
+    # --- input ----------------------------------------------------------------------
     def recv(self, timeout: float | None = None) -> MessageEvent | None:
+        """Next event; waits up to ``timeout`` seconds (None: forever) but always polls the radio once."""
+        if self.radio is None and not self._events:
+            return None
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self._events:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return None
+            assert self.radio is not None
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             frame = self.radio.recv_frame(remaining)
-            if frame is None:
-                if deadline is None:
-                    continue
+            if frame is not None:
+                self.feed(frame)
+            elif deadline is not None and time.monotonic() >= deadline:
                 return None
-            if self._wuart is not None:
-                for wf in self._wuart.feed(frame.psdu):
-                    self._handle(self._wuart_kind(wf.type), wf.flags, wf.image_seq, wf.chunk_index,
-                                 wf.fragment_index, wf.payload, frame)
-            else:
-                self._handle_mac(frame)
         return self._events.popleft()
+
+    def feed(self, frame: RxFrame) -> None:
+        """Handle one received frame (Spinel: a PSDU; wuart: a piece of the byte stream).
+
+        ``recv`` calls this; tests and fuzzers call it directly (with
+        ``radio=None``) and collect events with :meth:`pop_events`.
+        """
+        if self._wuart is not None:
+            for wf in self._wuart.feed(frame.psdu):
+                self._handle(int(wf.type), wf.flags, None, wf.image_seq, wf.chunk_index, wf.fragment_index,
+                             wf.payload, frame)
+        else:
+            self._handle_mac(frame)
+        self.stats.open_assemblies = len(self._open)
+
+    def pop_events(self) -> list[MessageEvent]:
+        out = list(self._events)
+        self._events.clear()
+        return out
 
     @property
     def wuart_decoder(self) -> wuart.WuartDecoder | None:
         return self._wuart
 
-    @staticmethod
-    def _wuart_kind(t: wuart.FrameType) -> int:
-        return {wuart.FrameType.DATA: KIND_DATA, wuart.FrameType.BEGIN: KIND_BEGIN,
-                wuart.FrameType.END: KIND_END, wuart.FrameType.ABORT: KIND_ABORT}[t]
-
     def _handle_mac(self, frame: RxFrame) -> None:
         try:
             header = phy.parse_mac_header(frame.psdu)
         except phy.MacParseError:
-            self.ignored_frames += 1
+            self.stats.ignored_frames += 1
             return
         if header.frame_type != phy.FRAME_TYPE_DATA or (self.src is not None and header.src_addr != self.src):
-            self.ignored_frames += 1
+            self.stats.ignored_frames += 1
             return
         body = phy.mac_payload(frame.psdu, header)
         if len(body) < FRAGMENT_HEADER_LEN:
-            self.ignored_frames += 1
+            self.stats.ignored_frames += 1
             return
         kind_flags, msg_id, chunk, frag = FRAGMENT_HEADER.unpack_from(body)
         kind = kind_flags >> 4
         if kind not in (KIND_DATA, KIND_BEGIN, KIND_END, KIND_ABORT):
-            self.ignored_frames += 1
+            self.stats.ignored_frames += 1
             return
-        self._handle(kind, kind_flags & 0xF, msg_id, chunk, frag, body[FRAGMENT_HEADER_LEN:], frame)
+        self._handle(kind, kind_flags & 0xF, header.src_addr, msg_id, chunk, frag, body[FRAGMENT_HEADER_LEN:],
+                     frame)
 
-    def _assembly(self, msg_id: int, frame: RxFrame, *, announce: bool) -> _Assembly:
-        cur = self._current
-        if cur is None or cur.msg_id != msg_id:
-            cur = self._current = _Assembly(msg_id)
-        if announce and not cur.begun:
-            cur.begun = True
-            self._events.append(MessageEvent("begin", msg_id, frame.t_monotonic, frame.t_wall,
-                                             rssi=frame.rssi, lqi=frame.lqi))
-        return cur
+    # --- state machine ----------------------------------------------------------------
+    def _event(self, kind: EventKind, a: _Assembly, frame: RxFrame, **kw: object) -> None:
+        self._events.append(MessageEvent(kind, a.msg_id, frame.t_monotonic, frame.t_wall, src=a.src,
+                                         **kw))  # type: ignore[arg-type]
 
-    def _handle(self, kind: int, flags: int, msg_id: int, chunk: int, frag: int, payload: bytes,
-                frame: RxFrame) -> None:
+    def _open_assembly(self, key: tuple[object, int], src: int | bytes | None, msg_id: int,
+                       frame: RxFrame) -> _Assembly:
+        while len(self._open) >= max(1, self.limits.max_assemblies):
+            oldest = next(iter(self._open.values()))
+            self.stats.evicted_assemblies += 1
+            self._close(oldest, frame, reason="evicted")
+        self._closed.pop(key, None)
+        a = self._open[key] = _Assembly(key, src, msg_id)
+        self.stats.messages_begun += 1
+        return a
+
+    def _close(self, a: _Assembly, frame: RxFrame, *, reason: CloseReason | None = None,
+               kind: EventKind = "abort", count: int | None = None, offending: int = 0) -> None:
+        """Close ``a``: drop (and count) what it still holds, remember its key, emit end/abort."""
+        self.stats.dropped_fragments += a.buffered_fragments + offending
+        self.stats.pending_fragments -= a.buffered_fragments
+        a.fragments.clear()
+        a.completed_at.clear()
+        a.buffered_fragments = a.buffered_bytes = 0
+        self._open.pop(a.key, None)
+        self._closed[a.key] = None
+        while len(self._closed) > self.limits.max_closed:
+            self._closed.popitem(last=False)
+        if reason is None:
+            self._event(kind, a, frame, chunk_count=count)
+        else:
+            self._event("abort", a, frame, chunk_count=a.next_chunk, reason=reason)
+
+    def _handle(self, kind: int, flags: int, src: int | bytes | None, msg_id: int, chunk: int, frag: int,
+                payload: bytes, frame: RxFrame) -> None:
+        st = self.stats
+        st.frames += 1
+        key = (src, msg_id)
+        a = self._open.get(key)
         if kind == KIND_BEGIN:
-            cur = self._current
-            if cur is not None and cur.msg_id == msg_id and cur.begun:
-                return  # duplicate BEGIN
-            cur = self._current = _Assembly(msg_id)
-            cur.begun = True
-            count, total = struct.unpack_from("<HI", payload.ljust(6, b"\0"))
-            self._events.append(MessageEvent("begin", msg_id, frame.t_monotonic, frame.t_wall, chunk_count=count,
-                                             total_bytes=total, rssi=frame.rssi, lqi=frame.lqi))
+            if a is not None:
+                st.duplicate_control += 1  # repeated BEGIN (lost ACK), or BEGIN after data
+                self._open.move_to_end(key)
+                return
+            for other in [o for o in self._open.values() if o.src == src]:
+                st.superseded_assemblies += 1  # its END/ABORT was lost; the sender moved on
+                self._close(other, frame, reason="superseded")
+            a = self._open_assembly(key, src, msg_id, frame)
+            a.explicit_begin = True
+            if len(payload) >= 6:  # a shorter one announces nothing (the sender always sends 6 bytes)
+                a.chunk_count, a.total_bytes = struct.unpack_from("<HI", payload)
+            self._event("begin", a, frame, chunk_count=a.chunk_count, total_bytes=a.total_bytes,
+                        rssi=frame.rssi, lqi=frame.lqi)
+            if a.total_bytes is not None and a.total_bytes > self.limits.max_message_bytes:
+                st.over_limit += 1
+                self._close(a, frame, reason="over_limit")
             return
-        cur = self._assembly(msg_id, frame, announce=True)
+        if a is None:
+            if key in self._closed:  # late frame of a closed message
+                if kind == KIND_DATA:
+                    st.data_fragments += 1
+                    st.dropped_fragments += 1
+                else:
+                    st.duplicate_control += 1
+                return
+            # BEGIN was lost (host queue overflow, bytes lost on the wuart link): open implicitly
+            a = self._open_assembly(key, src, msg_id, frame)
+            self._event("begin", a, frame, rssi=frame.rssi, lqi=frame.lqi)
+        else:
+            self._open.move_to_end(key)
         if kind == KIND_DATA:
-            if cur.ended or cur.aborted or chunk < cur.next_chunk:
-                self.duplicate_fragments += 1
-                return
-            frags = cur.fragments.setdefault(chunk, {})
-            if frag in frags:
-                self.duplicate_fragments += 1
-                return
-            frags[frag] = payload
-            if flags & FLAG_LAST_FRAGMENT:
-                cur.last_fragment[chunk] = frag
-            last = cur.last_fragment.get(chunk)
-            if last is not None and len(frags) == last + 1 and chunk not in cur.completed_at:
-                cur.completed_at[chunk] = (frame.t_monotonic, frame.t_wall)
-            while cur.next_chunk in cur.completed_at:
-                index = cur.next_chunk
-                parts = cur.fragments.pop(index)
-                t_mono, t_wall = cur.completed_at.pop(index)
-                data = b"".join(parts[i] for i in range(len(parts)))
-                self._events.append(MessageEvent("chunk", msg_id, t_mono, t_wall, chunk_index=index, data=data,
-                                                 rssi=frame.rssi, lqi=frame.lqi))
-                cur.next_chunk += 1
+            self._data(a, flags, chunk, frag, payload, frame)
         elif kind == KIND_END:
-            if not cur.ended and not cur.aborted:
-                cur.ended = True
-                (count,) = struct.unpack_from("<H", payload.ljust(2, b"\0"))
-                self._events.append(MessageEvent("end", msg_id, frame.t_monotonic, frame.t_wall, chunk_count=count))
-        elif kind == KIND_ABORT:
-            if not cur.aborted and not cur.ended:
-                cur.aborted = True
-                (count,) = struct.unpack_from("<H", payload.ljust(2, b"\0"))
-                self._events.append(MessageEvent("abort", msg_id, frame.t_monotonic, frame.t_wall, chunk_count=count))
+            st.messages_ended += 1
+            (count,) = struct.unpack_from("<H", payload.ljust(2, b"\0"))
+            self._close(a, frame, kind="end", count=count)
+        else:
+            st.messages_aborted += 1
+            (count,) = struct.unpack_from("<H", payload.ljust(2, b"\0"))
+            self._close(a, frame, kind="abort", count=count)
+
+    def _data(self, a: _Assembly, flags: int, chunk: int, frag: int, payload: bytes, frame: RxFrame) -> None:
+        st = self.stats
+        lim = self.limits
+        st.data_fragments += 1
+        if chunk < a.next_chunk:
+            st.duplicate_fragments += 1
+            return
+        frags = a.fragments.get(chunk)
+        if frags is not None and frag in frags:
+            st.duplicate_fragments += 1
+            return
+        is_last = bool(flags & FLAG_LAST_FRAGMENT)
+        last = a.last_fragment.get(chunk)
+        if ((a.chunk_count is not None and chunk >= a.chunk_count)
+                or (last is not None and (frag > last or is_last))  # beyond LAST, or a second LAST
+                or (is_last and a.high.get(chunk, -1) > frag)  # LAST below a fragment already held
+                or (a.total_bytes is not None
+                    and a.delivered_bytes + a.buffered_bytes + len(payload) > a.total_bytes)):
+            st.bad_sequences += 1
+            self._close(a, frame, reason="bad_sequence", offending=1)
+            return
+        if (frag > lim.max_fragment_index or a.buffered_fragments >= lim.max_buffered_fragments
+                or a.buffered_bytes + len(payload) > lim.max_buffered_bytes):
+            st.over_limit += 1
+            self._close(a, frame, reason="over_limit", offending=1)
+            return
+        if frags is None:
+            frags = a.fragments[chunk] = {}
+        frags[frag] = payload
+        a.high[chunk] = max(frag, a.high.get(chunk, -1))
+        a.buffered_fragments += 1
+        a.buffered_bytes += len(payload)
+        st.pending_fragments += 1
+        if is_last:
+            a.last_fragment[chunk] = last = frag
+        # Every held index is <= LAST and distinct, so LAST+1 of them means 0..LAST are all here.
+        if last is not None and len(frags) == last + 1:
+            a.completed_at[chunk] = (frame.t_monotonic, frame.t_wall)
+        while a.next_chunk in a.completed_at:
+            index = a.next_chunk
+            parts = a.fragments.pop(index)
+            t_mono, t_wall = a.completed_at.pop(index)
+            a.high.pop(index, None)
+            a.last_fragment.pop(index, None)
+            data = b"".join(parts[i] for i in range(len(parts)))
+            a.buffered_fragments -= len(parts)
+            a.buffered_bytes -= len(data)
+            a.delivered_bytes += len(data)
+            st.pending_fragments -= len(parts)
+            st.delivered_fragments += len(parts)
+            self._events.append(MessageEvent("chunk", a.msg_id, t_mono, t_wall, chunk_index=index, data=data,
+                                             rssi=frame.rssi, lqi=frame.lqi, src=a.src))
+            a.next_chunk += 1
 
     def receive_message(self, timeout: float, msg_id: int | None = None) -> ReceivedMessage | None:
-        """Collect one message until END/ABORT or ``timeout`` seconds; None if nothing began."""
+        """Collect one message until END/ABORT (or a closure) or ``timeout`` seconds; None if nothing began."""
         deadline = time.monotonic() + timeout
         msg: ReceivedMessage | None = None
+        id_mask = 0xFF if self.protocol == "spinel" else 0xFFFF
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -409,13 +595,12 @@ class MessageReceiver:
             ev = self.recv(remaining)
             if ev is None:
                 continue
-            if msg_id is not None and ev.msg_id != (msg_id & (0xFF if isinstance(self.radio, SpinelRadio)
-                                                                 else 0xFFFF)):
+            if msg_id is not None and ev.msg_id != (msg_id & id_mask):
                 continue
-            if msg is None or msg.msg_id != ev.msg_id:
+            if msg is None or (msg.msg_id, msg.src) != (ev.msg_id, ev.src):
                 if ev.kind != "begin" and msg is not None:
                     continue
-                msg = ReceivedMessage(ev.msg_id)
+                msg = ReceivedMessage(ev.msg_id, src=ev.src)
             if ev.kind == "begin":
                 msg.begun = True
                 msg.t_begin = ev.t_monotonic
@@ -433,5 +618,6 @@ class MessageReceiver:
                 return msg
             elif ev.kind == "abort":
                 msg.aborted = True
+                msg.close_reason = ev.reason
                 msg.t_finish = ev.t_monotonic
                 return msg

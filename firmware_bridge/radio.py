@@ -29,6 +29,7 @@ import queue
 import select
 import threading
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -44,6 +45,7 @@ DEFAULT_SPINEL_BAUD = 1_000_000
 DEFAULT_WUART_BAUD = 230_400
 SERIAL_POLL_S = 0.05
 RX_QUEUE_LIMIT = 4096
+NOTIFY_QUEUE_LIMIT = 256  # unsolicited status/scan reports kept; a babbling device cannot grow memory
 
 
 class RadioError(Exception):
@@ -156,8 +158,9 @@ class SpinelRadio:
         self._cond = threading.Condition()
         self._write_lock = threading.Lock()
         self._responses: dict[int, tuple[spinel.SpinelFrame, float, float]] = {}
-        self._notifications: list[tuple[int, int]] = []  # unsolicited (prop, status) of LAST_STATUS
-        self._scan_events: queue.Queue[tuple[int, list[Any]]] = queue.Queue()
+        # unsolicited (prop, status) of LAST_STATUS; only the newest are kept
+        self._notifications: deque[tuple[int, int]] = deque(maxlen=NOTIFY_QUEUE_LIMIT)
+        self._scan_events: queue.Queue[tuple[int, list[Any]]] = queue.Queue(maxsize=NOTIFY_QUEUE_LIMIT)
         self._rx: queue.Queue[RxFrame] = queue.Queue(maxsize=RX_QUEUE_LIMIT)
         self._tid = 0
         self._tid_lock = threading.Lock()
@@ -232,11 +235,21 @@ class SpinelRadio:
                 return
             self._ingest(self._ser.read(waiting))
 
+    def ingest(self, data: bytes) -> None:
+        """Decode ``data`` as if it had been read from the port (replaying captures, fuzzing)."""
+        with self._pump_lock:
+            self._ingest(data)
+
     def _ingest(self, data: bytes) -> None:
         t_mono, t_wall = time.monotonic(), time.time()
         self.stats.bytes_in += len(data)
         for payload in self._decoder.feed(data):
-            self._dispatch(payload, t_mono, t_wall)
+            try:
+                self._dispatch(payload, t_mono, t_wall)
+            except Exception:  # a decoding bug must not end the reader thread: count it, keep reading
+                self._bad_spinel += 1
+                self.stats.extra["dispatch_errors"] = self.stats.extra.get("dispatch_errors", 0) + 1
+                log.exception("%s: cannot handle Spinel frame %s", self.port, payload.hex())
         d = self._decoder
         self.stats.bad_frames = d.bad_frames + self._bad_spinel
         self.stats.garbage_bytes = d.garbage_bytes
@@ -269,7 +282,10 @@ class SpinelRadio:
                     self.stats.rx_dropped += 1
             elif prop in (spinel.PROP_MAC_ENERGY_SCAN_RESULT, spinel.PROP_MAC_SCAN_STATE):
                 fmt = spinel.PROP_FORMATS[prop]
-                self._scan_events.put((prop, spinel.unpack(fmt, value)))
+                try:
+                    self._scan_events.put_nowait((prop, spinel.unpack(fmt, value)))
+                except queue.Full:  # nobody is scanning: unsolicited scan reports
+                    self.stats.extra["scan_events_dropped"] = self.stats.extra.get("scan_events_dropped", 0) + 1
             elif prop == spinel.PROP_LAST_STATUS:
                 (status,) = spinel.unpack("i", value, partial=True) or [spinel.STATUS_FAILURE]
                 with self._cond:

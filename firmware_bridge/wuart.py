@@ -53,6 +53,9 @@ class FrameType(IntEnum):
     ABORT = 4
 
 
+_TYPES = frozenset(int(t) for t in FrameType)
+
+
 def crc16_ccitt(data: bytes, crc: int = 0xFFFF) -> int:
     """CRC-16/CCITT-FALSE (MSB first, poly 0x1021); crc16_ccitt(b"123456789") == 0x29B1."""
     return binascii.crc_hqx(bytes(data), crc)
@@ -117,9 +120,19 @@ class WuartDecoder:
 
     On a bad CRC or an impossible header it skips one byte past the magic and
     scans again, so a frame that starts inside a corrupted one is still found.
+    A frame that is still incomplete is abandoned as soon as a *complete,
+    CRC-valid* frame starts inside it: bytes lost on the link (a radio frame
+    dropped for good) must not hold the next frame -- typically END or ABORT
+    -- back until unrelated later bytes fill the truncated frame's length.
     Counters: ``frames_ok``, ``bad_crc``, ``bad_header`` (unknown type or
-    length > 64), ``garbage_bytes`` (bytes skipped while searching for a
-    frame start).
+    length > 64), ``truncated`` (incomplete frames abandoned that way),
+    ``overlapped`` (CRC-valid frames dropped because another valid frame
+    starts inside them -- a garbage header whose CRC matched by chance),
+    ``garbage_bytes`` (bytes that did not end up in a good frame).  After a
+    good frame, scanning resumes at the first plausible frame start inside
+    it, if any (see ``feed``); those bytes are counted again, so for any
+    input ``bytes fed + reused_bytes == bytes of good frames + garbage_bytes
+    + pending_bytes``.
     """
 
     def __init__(self) -> None:
@@ -127,11 +140,58 @@ class WuartDecoder:
         self.frames_ok = 0
         self.bad_crc = 0
         self.bad_header = 0
+        self.truncated = 0
+        self.overlapped = 0
         self.garbage_bytes = 0
+        self.reused_bytes = 0
 
     @property
     def pending_bytes(self) -> int:
         return len(self._buf)
+
+    @property
+    def bad_frames(self) -> int:
+        return self.bad_crc + self.bad_header + self.truncated + self.overlapped
+
+    def counters(self) -> dict[str, int]:
+        return {"frames_ok": self.frames_ok, "bad_crc": self.bad_crc, "bad_header": self.bad_header,
+                "truncated": self.truncated, "overlapped": self.overlapped, "garbage_bytes": self.garbage_bytes,
+                "reused_bytes": self.reused_bytes, "pending_bytes": self.pending_bytes}
+
+    @staticmethod
+    def _check(buf: bytearray, pos: int) -> int:
+        """Length of the frame at ``pos`` if it is complete and valid, 0 if incomplete, -1 if invalid.
+
+        ``buf[pos:pos+2]`` must be the magic.
+        """
+        have = len(buf) - pos
+        if have > 2 and (buf[pos + 2] >> 4) not in _TYPES:
+            return -1
+        if have < HEADER_LEN:
+            return 0
+        length = buf[pos + 9]
+        if length > MAX_PAYLOAD:
+            return -1
+        total = HEADER_LEN + length + CRC_LEN
+        if len(buf) - pos < total:
+            return 0
+        end = pos + HEADER_LEN + length
+        if buf[end] | (buf[end + 1] << 8) != binascii.crc_hqx(buf[pos:end], 0xFFFF):
+            return -1
+        return total
+
+    def _complete_frame_after_start(self, buf: bytearray, end: int) -> int:
+        """Offset in 1..end-1 of the first complete, valid frame starting there, or -1.
+
+        ``end`` is at most one maximal frame, so this scan is bounded.  A magic
+        whose second byte lies just past ``end`` counts as starting inside.
+        """
+        pos = buf.find(MAGIC, 1, end + 1)
+        while pos > 0:
+            if self._check(buf, pos) > 0:
+                return pos
+            pos = buf.find(MAGIC, pos + 1, end + 1)
+        return -1
 
     def feed(self, data: bytes) -> list[WuartFrame]:
         self._buf += data
@@ -148,26 +208,79 @@ class WuartDecoder:
             if start:
                 self.garbage_bytes += start
                 del buf[:start]
-            if len(buf) < HEADER_LEN:
-                break
+            total = self._check(buf, 0)
+            if total == 0:
+                later = self._complete_frame_after_start(buf, len(buf))
+                if later < 0:
+                    break  # wait for the rest of the frame
+                self.truncated += 1
+                self.garbage_bytes += later
+                del buf[:later]
+                continue
+            if total > 0:
+                # A valid frame starting inside a valid frame: the outer one is almost surely a
+                # CRC collision -- a garbage header (p ~ 2^-16), or a frame cut short by one byte
+                # whose CRC high byte happens to be the next frame's 'H' (p ~ 2^-8) -- rather than
+                # a payload that embeds a whole valid frame (p ~ 2^-36 per byte); keep the inner
+                # one.  Only an inner frame that is already complete counts: waiting for one would
+                # hold the outer frame back (e.g. every END whose CRC ends in 'H').
+                inner = self._complete_frame_after_start(buf, total)
+                if inner > 0:
+                    self.overlapped += 1
+                    self.garbage_bytes += inner
+                    del buf[:inner]
+                    continue
+            if total < 0:
+                if len(buf) >= HEADER_LEN and buf[9] <= MAX_PAYLOAD and (buf[2] >> 4) in _TYPES:
+                    self.bad_crc += 1
+                else:
+                    self.bad_header += 1
+                self.garbage_bytes += 1
+                del buf[:1]
+                continue
             _, type_flags, seq, chunk, frag, length = _HEADER.unpack_from(buf, 0)
-            ftype = type_flags >> 4
-            if length > MAX_PAYLOAD or ftype not in FrameType._value2member_map_:
-                self.bad_header += 1
-                self.garbage_bytes += 1
-                del buf[:1]
-                continue
-            total = HEADER_LEN + length + CRC_LEN
-            if len(buf) < total:
-                break
-            (crc,) = struct.unpack_from("<H", buf, HEADER_LEN + length)
-            if crc != crc16_ccitt(bytes(buf[:HEADER_LEN + length])):
-                self.bad_crc += 1
-                self.garbage_bytes += 1
-                del buf[:1]
-                continue
-            out.append(WuartFrame(FrameType(ftype), seq, chunk, frag,
+            out.append(WuartFrame(FrameType(type_flags >> 4), seq, chunk, frag,
                                   bytes(buf[HEADER_LEN:HEADER_LEN + length]), type_flags & 0xF))
             self.frames_ok += 1
-            del buf[:total]
+            # If a frame may still start inside this one (its rest not here yet), scan on from
+            # there: should this frame have been a CRC collision, the real one is not lost.
+            resume = self._plausible_start_inside(buf, total)
+            if resume > 0:
+                self.reused_bytes += total - resume
+                del buf[:resume]
+            else:
+                del buf[:total]
+        return out
+
+    def _plausible_start_inside(self, buf: bytearray, total: int) -> int:
+        """Offset in 1..total-1 of the first magic whose frame is incomplete but not (yet) invalid, or -1."""
+        pos = buf.find(MAGIC, 1, total + 1)
+        while pos > 0:
+            if self._check(buf, pos) == 0:
+                return pos
+            pos = buf.find(MAGIC, pos + 1, total + 1)
+        if len(buf) == total and buf[total - 1] == MAGIC[0]:
+            return total - 1  # a trailing 'H' may be the first half of the next magic
+        return -1
+
+    def flush(self) -> list[WuartFrame]:
+        """End of stream: give up on a pending incomplete frame and decode what follows its start.
+
+        Not used on a live link (the firmware can stall for as long as the
+        channel is jammed, so silence is not a frame boundary); for captures
+        and tests that know no more bytes will come.
+        """
+        out: list[WuartFrame] = []
+        while self._buf:
+            before = len(self._buf)
+            if self._buf.startswith(MAGIC) and self._check(self._buf, 0) == 0:
+                self.truncated += 1
+                self.garbage_bytes += 1
+                del self._buf[:1]
+            out += self.feed(b"")
+            if len(self._buf) == before:
+                break
+        if self._buf[-1:] == MAGIC[:1] and len(self._buf) == 1:
+            self.garbage_bytes += 1
+            self._buf.clear()
         return out

@@ -94,3 +94,55 @@ def test_property_random_bytes_never_crash(data: bytes) -> None:
     for f in d.feed(data):
         assert len(f.payload) <= wuart.MAX_PAYLOAD
     assert d.garbage_bytes + d.pending_bytes <= len(data)
+
+
+def _frame_with_crc_high_byte(value: int) -> bytes:
+    for i in range(1 << 16):
+        raw = WuartFrame(FrameType.DATA, 5, 0, 0, struct.pack("<I", i)).encode()
+        if raw[-1] == value:
+            return raw
+    raise AssertionError("unreachable")
+
+
+def _accounted(d: WuartDecoder, fed: int, got: list[WuartFrame]) -> bool:
+    return fed + d.reused_bytes == sum(len(f.encode()) for f in got) + d.garbage_bytes + d.pending_bytes
+
+
+def test_frame_cut_by_one_byte_does_not_swallow_the_next() -> None:
+    """F lost its last byte; the next frame's 'H' happens to equal it, so F's CRC checks.
+
+    Whatever the read boundaries, the next frame G must come out, and promptly.
+    """
+    f = _frame_with_crc_high_byte(ord("H"))
+    g = wuart.end_frame(5, 1).encode()
+    stream = f[:-1] + g
+    # everything in one read: F and G are both valid and overlap; G (the inner one) is kept
+    d = WuartDecoder()
+    got = d.feed(stream)
+    assert got == [WuartDecoder().feed(g)[0]] and d.overlapped == 1 and _accounted(d, len(stream), got)
+    # F completes before G has arrived: F is emitted at once, the scan resumes at its last byte
+    d = WuartDecoder()
+    first = d.feed(stream[:len(f)])
+    assert [x.type for x in first] == [FrameType.DATA] and d.pending_bytes == 1
+    second = d.feed(stream[len(f):])
+    assert [x.type for x in second] == [FrameType.END]
+    assert _accounted(d, len(stream), first + second)
+
+
+def test_spurious_header_before_a_frame_does_not_swallow_it() -> None:
+    """A garbage header whose length covers the next real frame: the frame still comes out when complete."""
+    g = wuart.end_frame(9, 3).encode()
+    junk = b"Hb\x41" + bytes(6) + b"\x30"  # plausible ABORT header announcing 48 bytes
+    d = WuartDecoder()
+    assert d.feed(junk) == []
+    out = d.feed(g)
+    assert [x.type for x in out] == [FrameType.END] and d.truncated == 1
+    assert _accounted(d, len(junk) + len(g), out)
+
+
+def test_flush_gives_up_on_a_pending_frame() -> None:
+    g = wuart.end_frame(9, 3).encode()
+    d = WuartDecoder()
+    assert d.feed(g[:-3]) == []
+    assert d.flush() == [] and d.pending_bytes == 0 and d.truncated == 1
+    assert d.garbage_bytes == len(g) - 3
