@@ -14,10 +14,11 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .agent import Agent, AgentError, run_agent
-from .codecs import make_codec
-from .link import Link, open_link
-from .workload import open_dataset
+from hilbed.nodes.agent import Agent, AgentError, run_agent
+from hilbed.nodes.codecs import make_codec
+from hilbed.nodes.events import AgentEvent
+from hilbed.nodes.link import Link, open_link
+from hilbed.nodes.workload import open_dataset
 
 log = logging.getLogger("hilbed.client")
 
@@ -130,7 +131,7 @@ class ClientAgent(Agent):
                 fb(img, encoded, record, label)
             except Exception:  # a learning codec must never lose a record
                 log.exception("codec feedback failed")
-        self.event("record", record=record)
+        self.event(AgentEvent.RECORD, record=record)
 
     def teardown(self) -> None:
         self._abort.set()

@@ -19,9 +19,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import wire
-from .agent import Agent, AgentError, run_agent
-from .codecs import Codec, make_codec
+from hilbed.nodes import wire
+from hilbed.nodes.agent import Agent, AgentError, run_agent
+from hilbed.nodes.codecs import Codec, make_codec
+from hilbed.nodes.events import AgentEvent
+from hilbed.nodes.link.kind import LinkKind
+from hilbed.nodes.link.registry import link_kind
 
 log = logging.getLogger("hilbed.edge")
 
@@ -77,17 +80,18 @@ class EdgeAgent(Agent):
         self.server: socket.socket | None = None
         self.conns: list[socket.socket] = []
         self.infer_lock = threading.Lock()
-        self.radio = None
-        self.radio_inbox: dict[int, Incoming] = {}
-        self._radio_stop = threading.Event()
+        #: link kinds receiving by their own path (radios), by kind name
+        self.receivers: dict[str, LinkKind] = {}
+        #: messages whose data arrives by a side channel: (via, key) -> message
+        self.side_inbox: dict[tuple, Incoming] = {}
         self.stats = {"messages": 0, "decoded": 0, "late_packets": 0, "connections": 0, "bad_frames": 0}
 
     # -- ops --------------------------------------------------------------
     def op_load(self, model: str, device: str = "auto", size: int = 32) -> dict:
-        from .workload.models import load_model
+        from hilbed.nodes.workload.models import load_model
 
         def progress(msg: str, frac: float) -> None:
-            self.event("progress", what="train model", message=msg, fraction=frac)
+            self.event(AgentEvent.PROGRESS, what="train model", message=msg, fraction=frac)
 
         t0 = time.monotonic()
         self.model = load_model(model, device, size, progress)
@@ -112,57 +116,28 @@ class EdgeAgent(Agent):
         return {"port": srv.getsockname()[1]}
 
     def op_stats(self) -> dict:
-        return dict(self.stats)
+        return {**self.stats, "receivers": {k: rx.receiver_stats() for k, rx in self.receivers.items()}}
 
-    def op_open_radio(self, protocol: str, port: str, baud: int | None = None, rtscts: bool | None = None,
-                      channel: int = 15, tx_power_dbm: int = 0, pan_id: int = 0xABCD, short_addr: int = 0x0100) -> dict:
-        """Listen for image data on the edge's own radio (the ``radio`` link kind)."""
-        from hilbed.firmware_bridge import MessageReceiver, open_radio
-        self.op_close_radio()
-        radio = open_radio(protocol, port, baud=baud, rtscts=rtscts)
-        facts = {"protocol": protocol, "port": port}
-        if protocol == "spinel":
-            radio.configure(channel=channel, tx_power_dbm=tx_power_dbm, pan_id=pan_id, short_addr=short_addr)
-            facts["ncp_version"] = radio.ncp_version()
-        self.radio = radio
-        self._radio_stop.clear()
-        receiver = MessageReceiver(radio)
-        threading.Thread(target=self._radio_loop, args=(receiver,), daemon=True, name="edge-radio").start()
-        return facts
+    def op_open_receiver(self, kind: str, spec: dict) -> dict:
+        """Receive a link kind's data by its own path (radios); returns the kind's facts (firmware, port)."""
+        self.op_close_receiver(kind)
+        self.receivers[kind] = link_kind(kind)
+        return self.receivers[kind].open_receiver(self, spec)
 
-    def op_close_radio(self) -> dict:
-        self._radio_stop.set()
-        if self.radio is not None:
-            try:
-                self.radio.close()
-            except Exception:
-                pass
-            self.radio = None
-        return {}
+    def op_close_receiver(self, kind: str) -> dict:
+        rx = self.receivers.pop(kind, None)
+        return rx.close_receiver(self) if rx is not None else {}
 
-    def _radio_loop(self, receiver) -> None:
-        while not self._radio_stop.is_set():
-            try:
-                ev = receiver.recv(0.2)
-            except Exception as exc:  # port closed or device gone
-                if not self._radio_stop.is_set():
-                    log.warning("radio receive stopped: %s", exc)
-                return
-            if ev is None or ev.kind not in ("chunk", "end", "abort"):
-                continue
-            inc = self.radio_inbox.get(ev.msg_id)
-            t_ns = int(ev.t_wall * 1e9)
-            if ev.kind != "chunk":
-                if inc is not None:
-                    self._finish(inc, "end" if ev.kind == "end" else "aborted")
-                continue
-            if inc is None or t_ns > inc.deadline_ns:
-                self.stats["late_packets"] += 1
-                continue
-            with inc.lock:
-                inc.add(int(ev.chunk_index), 0, ev.data, t_ns)
-                if ev.rssi is not None:
-                    inc.rssi.append(ev.rssi)
+    # -- for link kinds' receivers ---------------------------------------
+    def side_message(self, via: str, key: list) -> Incoming | None:
+        """The open message a side channel's data belongs to (announced by its BEGIN on TCP)."""
+        return self.side_inbox.get((via, tuple(key)))
+
+    def count(self, stat: str, n: int = 1) -> None:
+        self.stats[stat] = self.stats.get(stat, 0) + n
+
+    def finish_message(self, inc: Incoming, how: str) -> None:
+        self._finish(inc, how)
 
     # -- serving ----------------------------------------------------------
     def _accept_loop(self) -> None:
@@ -202,8 +177,8 @@ class EdgeAgent(Agent):
                         self._finish(cur, "superseded")
                         closed_ids.add(cur.meta["msg_id"])
                     cur = Incoming(meta, now, list(meta["chunk_sizes"]), int(meta["deadline_edge_ns"]), work=work)
-                    if meta.get("via") == "radio":
-                        self.radio_inbox[int(meta["radio_msg"])] = cur
+                    if meta.get("via"):
+                        self.side_inbox[(meta["via"], tuple(meta["via_key"]))] = cur
                 elif f.type == wire.DATA:
                     msg, chunk, off, data = f.data()
                     if cur is not None and msg == cur.meta["msg_id"]:
@@ -213,9 +188,9 @@ class EdgeAgent(Agent):
                 elif f.type == wire.END:
                     msg, aborted = f.end()
                     if cur is not None and msg == cur.meta["msg_id"]:
-                        if cur.meta.get("via") == "radio" and not aborted:
-                            # the sender is done, but frames may still be in the radio's
-                            # buffers: the radio's own END (or the deadline) closes it
+                        if cur.meta.get("via") and not aborted:
+                            # the sender is done, but frames may still be in the side channel's
+                            # buffers (a radio's): its own END (or the deadline) closes it
                             continue
                         self._finish(cur, "aborted" if aborted else "end")
                         closed_ids.add(msg)
@@ -236,8 +211,8 @@ class EdgeAgent(Agent):
                 return
             inc.closed = True
             inc.end_flag = how
-        if inc.meta.get("via") == "radio":
-            self.radio_inbox.pop(int(inc.meta["radio_msg"]), None)
+        if inc.meta.get("via"):
+            self.side_inbox.pop((inc.meta["via"], tuple(inc.meta["via_key"])), None)
         assert inc.work is not None
         inc.work.put(inc)
 
@@ -311,7 +286,8 @@ class EdgeAgent(Agent):
         }
 
     def teardown(self) -> None:
-        self.op_close_radio()
+        for kind in list(self.receivers):
+            self.op_close_receiver(kind)
         if self.server is not None:
             try:
                 self.server.close()

@@ -81,5 +81,10 @@ class LinkKind:
         """Start receiving this kind's data at the edge; returns facts. Most kinds use the TCP listener."""
         return {}
 
-    def close_receiver(self, edge: Any) -> None:
-        pass
+    def receiver_stats(self) -> dict:
+        """Counters of the edge-side receiver (frames, drops...) for ``op_stats``."""
+        return {}
+
+    def close_receiver(self, edge: Any) -> dict:
+        """Stop receiving; returns the receiver's final counters."""
+        return {}

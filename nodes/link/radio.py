@@ -28,12 +28,15 @@ class RadioLink(Link):
             self.radio.configure(channel=radio.get("channel", 15), tx_power_dbm=radio.get("tx_power_dbm", 0),
                                  pan_id=radio.get("pan_id", 0xABCD), short_addr=client_short_addr(client_index))
         self.sender = MessageSender(self.radio, dst=EDGE_SHORT_ADDR)
+        # how the edge's receiver tells this client's messages apart: the MAC source on Spinel; the Wireless UART
+        # firmware hands over no source address (one client per edge radio there)
+        self.src = client_short_addr(client_index) if radio["protocol"] == "spinel" else None
         self.totals = {"frames": 0, "retries": 0, "cca_failures": 0, "aborted": 0}
         super().__init__(host, port, edge_minus_client_ns)
 
     def send_message(self, msg_id: int, meta: dict, chunks: list[bytes], deadline_ns: int) -> SendReport:
         radio_msg = msg_id & 0xFF
-        self._begin(msg_id, {**meta, "via": "radio", "radio_msg": radio_msg}, chunks, deadline_ns)
+        self._begin(msg_id, {**meta, "via": "radio", "via_key": [self.src, radio_msg]}, chunks, deadline_ns)
         rep = SendReport(msg_id, wall_ns())
         deadline_mono = time.monotonic() + (deadline_ns - wall_ns()) / 1e9
         r = self.sender.send(radio_msg, chunks, deadline_mono)

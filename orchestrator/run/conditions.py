@@ -134,7 +134,7 @@ class Conditions:
             kind.apply(self.ctx, cond)
             facts = kind.verify(self.ctx, cond)
             if facts:
-                self.ctx.event(RunEvent.LINK_APPLIED, condition=cond.name, kind=kind.name, facts=facts)
+                self.ctx.event(RunEvent.LINK_APPLIED, condition=cond.name, link_kind=kind.name, facts=facts)
         except LinkSetupError as exc:
             raise SetupError(str(exc)) from None
 

@@ -60,6 +60,11 @@ class RadioKind(LinkKind):
     name = "radio"
     jammable = True
 
+    def __init__(self) -> None:
+        self._radio: Any = None       # edge side: the edge's radio and its message receiver
+        self._receiver: Any = None
+        self._stop: Any = None
+
     @staticmethod
     def bench(ctx: Any) -> RadioBench:
         return ctx.state["radio_bench"]
@@ -73,9 +78,13 @@ class RadioKind(LinkKind):
         if len(ctx.testbed.clients) > 1:
             raise LinkSetupError("radio links carry one client per edge radio for now; use one client node")
         edge = ctx.testbed.edge
-        ctx.agent(edge, "edge").call("open_radio", timeout=60, short_addr=EDGE_SHORT_ADDR,
-                                     **self.bench(ctx).radio_spec(edge))
+        facts = ctx.agent(edge, "edge").call("open_receiver", timeout=60, kind=self.name,
+                                             spec=self.bench(ctx).radio_spec(edge))
+        ctx.state["radio_edge_facts"] = facts
         self.open_client_links(ctx, cond)
+
+    def verify(self, ctx: Any, cond: Any) -> dict:
+        return {"edge_radio": ctx.state.get("radio_edge_facts")}
 
     def client_spec(self, ctx: Any, cond: Any, client: str, index: int) -> dict:
         return super().client_spec(ctx, cond, client, index) | {"radio": self.bench(ctx).radio_spec(client),
@@ -88,7 +97,8 @@ class RadioKind(LinkKind):
             h = ctx.live_agent(ctx.testbed.edge, "edge")
             if h is not None:
                 try:
-                    h.call("close_radio", timeout=30)
+                    ctx.event("link_stats", node=ctx.testbed.edge,
+                              result=h.call("close_receiver", timeout=30, kind=self.name))
                 except Exception:
                     pass
 
@@ -100,3 +110,60 @@ class RadioKind(LinkKind):
     def open_link(self, spec: dict, host: str, port: int, edge_minus_client_ns: int = 0, seed: int = 0) -> Any:
         from hilbed.nodes.link.radio import open_radio_link
         return open_radio_link(spec, host, port, edge_minus_client_ns, seed=seed)
+
+    # -- edge side ---------------------------------------------------------
+    def open_receiver(self, edge: Any, spec: dict) -> dict:
+        """Open the edge's radio and hand every received chunk to the message its BEGIN announced."""
+        import threading
+
+        from hilbed.firmware_bridge import MessageReceiver, open_radio
+        radio = open_radio(spec["protocol"], spec["port"], baud=spec.get("baud"), rtscts=spec.get("rtscts"))
+        facts = {"protocol": spec["protocol"], "port": spec["port"]}
+        if spec["protocol"] == "spinel":
+            radio.configure(channel=spec.get("channel", 15), tx_power_dbm=spec.get("tx_power_dbm", 0),
+                            pan_id=spec.get("pan_id", 0xABCD), short_addr=EDGE_SHORT_ADDR)
+            facts["ncp_version"] = radio.ncp_version()
+        self._radio = radio
+        self._receiver = MessageReceiver(radio)
+        self._stop = threading.Event()
+        threading.Thread(target=self._receive, args=(edge,), daemon=True, name="edge-radio").start()
+        return facts
+
+    def _receive(self, edge: Any) -> None:
+        import logging
+        while not self._stop.is_set():
+            try:
+                ev = self._receiver.recv(0.2)
+            except Exception as exc:  # port closed or device gone
+                if not self._stop.is_set():
+                    logging.getLogger("hilbed.edge").warning("radio receive stopped: %s", exc)
+                return
+            if ev is None or ev.kind not in ("chunk", "end", "abort"):
+                continue
+            inc = edge.side_message(self.name, [ev.src, ev.msg_id])
+            if ev.kind != "chunk":
+                if inc is not None:
+                    edge.finish_message(inc, "end" if ev.kind == "end" else "aborted")
+                continue
+            t_ns = int(ev.t_wall * 1e9)
+            if inc is None or t_ns > inc.deadline_ns:
+                edge.count("late_packets")
+                continue
+            with inc.lock:
+                inc.add(int(ev.chunk_index), 0, ev.data, t_ns)
+                if ev.rssi is not None:
+                    inc.rssi.append(ev.rssi)
+
+    def receiver_stats(self) -> dict:
+        return self._receiver.counters() if self._receiver is not None else {}
+
+    def close_receiver(self, edge: Any) -> dict:
+        stats = self.receiver_stats()
+        if self._stop is not None:
+            self._stop.set()
+        try:
+            if self._radio is not None:
+                self._radio.close()
+        except Exception:
+            pass
+        return stats
