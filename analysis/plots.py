@@ -353,74 +353,89 @@ def miss_heatmap(df: pd.DataFrame, out: Path, styles: StyleRegistry) -> Figure:
 
 # -------------------------------------------------------------- timeline ---
 
-def read_trace_capacity(path: str | Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """A link trace -> (t_s, kbit/s) change points. CSV ``t_ms,kbps`` or Mahimahi (one ms stamp per 1500-byte
-    opportunity, averaged over 100 ms bins). None when unreadable."""
-    p = Path(path)
+def link_log_path(run_dir: str | Path, client: str, condition: str) -> Path:
+    """Where the runner has a local ``trace`` link write its uplink log."""
+    return Path(run_dir) / "logs" / f"link-{client}-{condition}.log"
+
+
+def link_capacity(run_dir: str | Path, client: str, condition: str,
+                  bin_s: float = 0.1) -> tuple[np.ndarray, np.ndarray] | str:
+    """(bin start in unix s, kbit/s) of the capacity the link served to ``client`` in ``condition``.
+
+    Read from the Mahimahi link log the link wrote during the run (its ``#``
+    lines are the delivery opportunities after jamming), so it is what the
+    link offered, whatever the trace file says now. A string says why there
+    is none.
+    """
+    from hilbed.nodes.link.linklog import LinkLogError, read_capacity
+    run_dir = Path(run_dir)
+    p = link_log_path(run_dir, client, condition)
+    if not p.is_file():
+        return f"no {p.relative_to(run_dir)} in the run directory"
     try:
-        lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    except (OSError, UnicodeDecodeError):
-        return None
-    if not lines:
-        return None
-    try:
-        if lines[0].replace(" ", "") == "t_ms,kbps":
-            rows = [ln.split(",") for ln in lines[1:] if not ln.startswith("#")]
-            t = np.array([float(a) for a, _ in rows]) / 1e3
-            r = np.array([float(b) for _, b in rows])
-            return t, r
-        stamps = np.array([float(ln) for ln in lines if not ln.startswith("#")])
-    except ValueError:
-        return None
-    if not len(stamps):
-        return None
-    bins = np.arange(0, stamps.max() + 100, 100.0)
-    counts, _ = np.histogram(stamps, bins=bins)
-    return bins[:-1] / 1e3, counts * 1500 * 8 / 100.0  # bytes per 100 ms -> kbit/s
+        cs = read_capacity(p, bin_ms=max(1, int(round(bin_s * 1000))))
+    except (OSError, LinkLogError) as exc:
+        return f"its link log is unreadable ({exc})"
+    starts = cs.bin_starts_unix_s()
+    if starts is None or not cs.bytes:
+        return "its link log has no init timestamp or no events"
+    return np.asarray(starts), np.asarray(cs.kbps())
 
 
-def _trace_paths(manifest: dict) -> dict[str, str]:
-    from .load import scenario_of
-    out = {}
-    for c in scenario_of(manifest).get("conditions") or []:
-        link = c.get("link") or {}
-        if link.get("trace"):
-            out[str(c.get("name"))] = str(link["trace"])
-    return out
+def _run_dir_for(run: str, manifest: dict, run_dirs) -> Path | None:
+    """The directory of run ``run`` among ``run_dirs`` (by name, else by the manifest's run id)."""
+    dirs = [Path(p) for p in (run_dirs or [])]
+    for p in dirs:
+        if p.name == run:
+            return p
+    if dirs and (manifest.get("run_id") in (None, run) or len(dirs) == 1):
+        return dirs[0]
+    return None
 
 
-def _timeline_axes(d: pd.DataFrame, styles: StyleRegistry, manifest: dict, title: str, zoom: bool):
+def _timeline_axes(d: pd.DataFrame, styles: StyleRegistry, run_dir: Path | None, title: str, zoom: bool):
+    """The two panels; also the notes on what could not be drawn."""
     t0 = int(pd.to_numeric(d["t_arrival_ns"]).min())
     arr = _num(d["t_arrival_ns"].astype("Int64") - t0) / 1e9
     period = float(np.nanmedian(_num(d["period_ms"]))) / 1e3 if d["period_ms"].notna().any() else 0.1
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 6.2), sharex=True, gridspec_kw={"height_ratios": [1, 1.25]})
-    # capacity per condition segment
-    traces = _trace_paths(manifest)
+    # capacity per condition segment: the link log the run wrote, else the condition's constant rate
     seg_key = d["trial_id"].astype(str).to_numpy() if zoom else d["condition"].astype(str).to_numpy()
     starts = [i for i in range(len(d)) if i == 0 or seg_key[i] != seg_key[i - 1]]
+    bin_s = max(period, 0.1)
+    cap_cache: dict[tuple[str, str], object] = {}
+    missing: dict[str, str] = {}
     cap_drawn = False
     for k, s in enumerate(starts):
         e = starts[k + 1] if k + 1 < len(starts) else len(d)
         ts, te = arr[s], arr[e - 1] + period
         rate = d["link_rate_kbps"].iloc[s]
         cond = str(d["condition"].iloc[s])
+        client = str(d["client"].iloc[s]) if "client" in d else ""
         lab = "link capacity" if not cap_drawn else None
-        if rate == rate and rate is not None and not pd.isna(rate):
-            ax1.plot([ts, te], [rate, rate], color="black", lw=1.6, label=lab)
-            cap_drawn = True
-        elif cond in traces:
-            cap = read_trace_capacity(traces[cond])
-            if cap is not None:
-                t_tx = _num(d["t_tx_start_ns"].iloc[s:e].astype("Int64") - t0) / 1e9
-                base = float(np.nanmin(t_tx)) if (~np.isnan(t_tx)).any() else ts
-                ct, cr = cap
-                span = max(float(ct[-1]) + 0.1, 1e-3)
-                reps = int(math.ceil((te - base) / span)) + 1
-                xs = np.concatenate([ct + base + i * span for i in range(reps)])
-                ys = np.tile(cr, reps)
-                keep = (xs >= ts) & (xs <= te)
-                ax1.step(xs[keep], ys[keep], where="post", color="black", lw=1.2, label=lab)
+        key = (client, cond)
+        if key not in cap_cache:
+            cap_cache[key] = link_capacity(run_dir, client, cond, bin_s) if run_dir is not None \
+                else "no run directory given"
+        cap, why = cap_cache[key], None
+        if isinstance(cap, str):
+            why = cap
+        else:
+            xs = cap[0] - t0 / 1e9
+            keep = (xs + bin_s > ts) & (xs < te)
+            if keep.any():
+                xk, yk = np.clip(xs[keep], ts, te), cap[1][keep]
+                ax1.step(np.append(xk, min(float(xs[keep][-1]) + bin_s, te)), np.append(yk, yk[-1]), where="post",
+                         color="black", lw=1.2, label=lab)
                 cap_drawn = True
+            else:
+                why = "its link log does not cover its records"
+        if why is not None:
+            if rate == rate and rate is not None and not pd.isna(rate):
+                ax1.plot([ts, te], [rate, rate], color="black", lw=1.6, label=lab)
+                cap_drawn = True
+            else:
+                missing[cond] = why
         if k % 2 == 1:
             for ax in (ax1, ax2):
                 ax.axvspan(ts, te, color="#f3f3f3", zorder=0)
@@ -476,9 +491,21 @@ def _timeline_axes(d: pd.DataFrame, styles: StyleRegistry, manifest: dict, title
     labels = [lb for _, lb in keep] + [f"delivered: {c}" for c in codecs]
     ax2.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax2.grid(alpha=0.3, axis="y")
+    notes = [f"no capacity curve for {c}: {why}" for c, why in missing.items()]
+    if notes:
+        ax1.text(0.01, 0.97, "\n".join(notes), transform=ax1.transAxes, ha="left", va="top", fontsize=7,
+                 color="#555", bbox={"facecolor": "white", "edgecolor": "#bbb", "alpha": 0.85, "pad": 2})
     ax1.set_title(title, pad=16 if len(starts) <= 24 and not zoom else 6)
     fig.tight_layout()
-    return fig
+    return fig, notes
+
+
+CAPACITY_CAPTION = ("link capacity (black: what the link served, from the Mahimahi link logs the run wrote -- "
+                    "after jamming --, or the condition's constant rate)")
+
+
+def _caption(text: str, notes: list[str]) -> str:
+    return text + ("" if not notes else " " + "; ".join(n[0].upper() + n[1:] for n in notes) + ".")
 
 
 def _first_run(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
@@ -490,20 +517,27 @@ def _first_run(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     return run, d.sort_values("t_arrival_ns", kind="stable")
 
 
-def timeline(df: pd.DataFrame, out: Path, styles: StyleRegistry, manifest: dict | None = None) -> Figure:
-    """The first run over time: capacity, throughput, jammer load; bytes needed/delivered per image; misses."""
+def timeline(df: pd.DataFrame, out: Path, styles: StyleRegistry, manifest: dict | None = None,
+             run_dirs: list[str | Path] | None = None) -> Figure:
+    """The first run over time: capacity, throughput, jammer load; bytes needed/delivered per image; misses.
+
+    The capacity comes from ``run_dirs`` (the run's link logs); without them
+    only constant rates are drawn, and the caption says what is missing.
+    """
     if len(df) == 0 or df["t_arrival_ns"].notna().sum() == 0:
         raise SkipPlot("no arrival timestamps")
     run, d = _first_run(df)
-    fig = _timeline_axes(d, styles, manifest or {}, f"Timeline of run {run}", zoom=False)
-    return Figure("timeline", "Timeline of a run",
-                  f"Run {run} (client {d['client'].iloc[0]}): top, link capacity (black), payload throughput "
-                  "(red) and jammer load (grey dashes); bottom, per image at its arrival time, the encoded size "
-                  "(grey, bytes needed) and the bytes delivered by the deadline (codec colour); red triangles mark "
-                  "missed deadlines.", _save(fig, out, "timeline"))
+    fig, notes = _timeline_axes(d, styles, _run_dir_for(run, manifest or {}, run_dirs), f"Timeline of run {run}",
+                                zoom=False)
+    return Figure("timeline", "Timeline of a run", _caption(
+        f"Run {run} (client {d['client'].iloc[0]}): top, {CAPACITY_CAPTION}, payload throughput "
+        "(red) and jammer load (grey dashes); bottom, per image at its arrival time, the encoded size "
+        "(grey, bytes needed) and the bytes delivered by the deadline (codec colour); red triangles mark "
+        "missed deadlines.", notes), _save(fig, out, "timeline"))
 
 
-def timeline_trial(df: pd.DataFrame, out: Path, styles: StyleRegistry, manifest: dict | None = None) -> Figure:
+def timeline_trial(df: pd.DataFrame, out: Path, styles: StyleRegistry, manifest: dict | None = None,
+                   run_dirs: list[str | Path] | None = None) -> Figure:
     """One trial up close (the one with the most misses), PNC style: every deadline marked."""
     if len(df) == 0 or df["t_arrival_ns"].notna().sum() == 0:
         raise SkipPlot("no arrival timestamps")
@@ -512,13 +546,13 @@ def timeline_trial(df: pd.DataFrame, out: Path, styles: StyleRegistry, manifest:
     trial = str(misses.idxmax())
     t = d[d["trial_id"].astype(str) == trial]
     r = t.iloc[0]
-    fig = _timeline_axes(t, styles, manifest or {},
-                         f"Trial {trial}: {r['codec_label']} on {r['condition']} ({int(misses.max())} misses)",
-                         zoom=True)
-    return Figure("timeline_trial", "Timeline of one trial",
-                  f"Trial {trial} of run {run} ({r['codec_label']}, {r['condition']}), the trial with the most "
-                  "missed deadlines: as the run timeline, with each image's deadline as a dotted red line and, "
-                  "for progressive codecs, the number of chunks delivered.", _save(fig, out, "timeline_trial"))
+    fig, notes = _timeline_axes(t, styles, _run_dir_for(run, manifest or {}, run_dirs),
+                                f"Trial {trial}: {r['codec_label']} on {r['condition']} "
+                                f"({int(misses.max())} misses)", zoom=True)
+    return Figure("timeline_trial", "Timeline of one trial", _caption(
+        f"Trial {trial} of run {run} ({r['codec_label']}, {r['condition']}), the trial with the most "
+        "missed deadlines: as the run timeline, with each image's deadline as a dotted red line and, "
+        "for progressive codecs, the number of chunks delivered.", notes), _save(fig, out, "timeline_trial"))
 
 
 ALL = (latency_breakdown, accuracy_vs_jamming, accuracy_vs_deadline, rate_accuracy, latency_cdf, miss_heatmap,

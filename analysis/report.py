@@ -101,12 +101,14 @@ def run_facts(run_dir: Path, m: dict) -> dict:
     }
 
 
-def make_figures(lat: pd.DataFrame, out: Path, manifests: list[dict]) -> tuple[list[plots.Figure], list[str]]:
+def make_figures(lat: pd.DataFrame, out: Path, manifests: list[dict],
+                 run_dirs: list[Path] | None = None) -> tuple[list[plots.Figure], list[str]]:
     """Every figure that the data supports; the others as notes 'title: reason'."""
     styles = StyleRegistry.from_frame(lat)
     figs, notes = [], []
     for fn in plots.ALL:
-        kw = {"manifest": manifests[0] if manifests else {}} if fn in (plots.timeline, plots.timeline_trial) else {}
+        kw = {"manifest": manifests[0] if manifests else {}, "run_dirs": run_dirs} \
+            if fn in (plots.timeline, plots.timeline_trial) else {}
         try:
             figs.append(fn(lat, out, styles, **kw))
         except plots.SkipPlot as exc:
@@ -132,7 +134,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
     if not len(lat):
         figs, notes = [], ["no records: no figures"]
     elif figures:
-        figs, notes = make_figures(lat, out, manifests)
+        figs, notes = make_figures(lat, out, manifests, [Path(d) for d in run_dirs])
     else:
         figs, notes = [], ["figures not drawn (--no-figures)"]
     summ.to_csv(out / "summary.csv", index=False)

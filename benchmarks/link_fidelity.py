@@ -11,7 +11,9 @@ of the trace, and the benchmark measures:
 - packet release-time error (actual release - scheduled release) p50/p99/max.
 
 ``--mode udp`` sends real datagrams through :class:`UdpShaperProxy` and
-counts them at a UDP receiver. Prints one JSON document.
+counts them at a UDP receiver. ``--log`` has the shaper write its Mahimahi
+link log meanwhile (the writer thread must not move releases). Prints one
+JSON document.
 Goal: median window error <= 1 %, p99 release error <= 1 ms.
 """
 
@@ -32,9 +34,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from hilbed.nodes.link.gen import gen_lora, gen_ltem  # noqa: E402
-from hilbed.nodes.link.mahimahi import load_mahimahi_schedule, write_mahimahi  # noqa: E402
 from hilbed.nodes.link.schedule import OpportunitySchedule  # noqa: E402
 from hilbed.nodes.link.shaper import TraceShaper, UdpShaperProxy  # noqa: E402
+from hilbed.nodes.link.traces import load_mahimahi_schedule, write_mahimahi  # noqa: E402
 
 SHARED_TRACES = REPO.parent / "shared" / "data" / "traces" / "mahimahi"
 
@@ -64,19 +66,23 @@ def traces(tmp: Path, only: list[str] | None) -> list[tuple[str, OpportunitySche
     return out
 
 
-def run_inproc(sched, pkt: int, duration_s: float, delay_ms: float, backlog_s: float = 0.5):
+def run_inproc(sched, pkt: int, duration_s: float, delay_ms: float, log_path: str | None = None,
+               backlog_s: float = 0.5):
     got: list[tuple[float, int]] = []
-    sh = TraceShaper(sched, deliver_up=lambda p: got.append((time.monotonic(), p)), delay_ms=delay_ms)
+    sh = TraceShaper(sched, deliver_up=lambda p: got.append((time.monotonic(), p)), delay_ms=delay_ms,
+                     log_path=log_path)
     _saturate(sh, sched, pkt, duration_s, backlog_s, lambda: sh.send_up(pkt, nbytes=pkt))
     sh.close()
     return sh, [(t - sh.epoch, n) for t, n in got]
 
 
-def run_udp(sched, pkt: int, duration_s: float, delay_ms: float, backlog_s: float = 0.5):
+def run_udp(sched, pkt: int, duration_s: float, delay_ms: float, log_path: str | None = None,
+            backlog_s: float = 0.5):
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
     rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
-    proxy = UdpShaperProxy({"delay_ms": delay_ms}, sched, None, ("127.0.0.1", 0), rx.getsockname())
+    proxy = UdpShaperProxy({"delay_ms": delay_ms, "log_path": log_path}, sched, None, ("127.0.0.1", 0),
+                           rx.getsockname())
     tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
     tx.connect(proxy.address)
@@ -123,10 +129,11 @@ def _saturate(sh: TraceShaper, sched, pkt: int, duration_s: float, backlog_s: fl
         time.sleep(0.005)
 
 
-def measure(name: str, sched, pkt: int, duration_s: float, delay_ms: float, mode: str) -> dict:
+def measure(name: str, sched, pkt: int, duration_s: float, delay_ms: float, mode: str,
+            log_path: str | None = None) -> dict:
     run = run_udp if mode == "udp" else run_inproc
     t0 = time.monotonic()
-    sh, got = run(sched, pkt, duration_s, delay_ms)
+    sh, got = run(sched, pkt, duration_s, delay_ms, log_path)
     wall = time.monotonic() - t0
     nwin = int(duration_s)
     delivered = [0] * nwin
@@ -147,7 +154,7 @@ def measure(name: str, sched, pkt: int, duration_s: float, delay_ms: float, mode
     errs_ms = [e * 1000.0 for e in sh.release_errors_s]
     cap_total = sched.bytes_until(float(nwin))
     return {
-        "trace": name, "mode": mode, "packet_bytes": pkt, "opportunity_bytes": getattr(sched, "opp", None),
+        "trace": name, "mode": mode, "link_log": bool(log_path), "packet_bytes": pkt, "opportunity_bytes": getattr(sched, "opp", None),
         "duration_s": nwin, "wall_s": round(wall, 2),
         "capacity_kbps": round(cap_total * 8 / nwin / 1000, 3),
         "delivered_kbps": round(sum(delivered) * 8 / nwin / 1000, 3),
@@ -171,9 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--delay-ms", type=float, default=10.0)
     ap.add_argument("--mode", choices=("inproc", "udp"), default="inproc")
     ap.add_argument("--only", nargs="*", help="substrings of trace names to run")
+    ap.add_argument("--log", action="store_true", help="write the Mahimahi link log while measuring")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as td:
-        results = [measure(n, s, pkt, a.duration_s, a.delay_ms, a.mode) for n, s, pkt in traces(Path(td), a.only)]
+        results = [measure(n, s, pkt, a.duration_s, a.delay_ms, a.mode,
+                           str(Path(td) / f"link-{i}.log") if a.log else None)
+                   for i, (n, s, pkt) in enumerate(traces(Path(td), a.only))]
     ok = all((r["window_err_pct_median"] or 0) <= 1.0 and (r["release_err_ms_p99"] or 0) <= 1.0 for r in results)
     doc = {"benchmark": "link_fidelity", "goal": {"window_err_pct_median_max": 1.0, "release_err_ms_p99_max": 1.0},
            "meets_goal": ok, "host": {"cpus": os.cpu_count(), "python": platform.python_version(),

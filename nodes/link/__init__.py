@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .schedule import ByteServer, CapacitySchedule, ConstantRate, OpportunitySchedule, PiecewiseRate
-from .tcp import DirectLink, Link, SendReport, ShapedLink
-from .traces import TraceError, load_schedule
+from hilbed.nodes.link.base import Link, SendReport
+from hilbed.nodes.link.schedule import ByteServer, CapacitySchedule, ConstantRate, OpportunitySchedule, PiecewiseRate
+from hilbed.nodes.link.tcp import DirectLink, ShapedLink
+from hilbed.nodes.link.traces import TraceError, load_schedule
+
 
 def schedule_for(rate_kbps: float | None, trace: str | None, loop: bool, opportunity_bytes: int) -> CapacitySchedule | None:
     if trace:

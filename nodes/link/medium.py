@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .schedule import CapacitySchedule
+from hilbed.nodes.link.schedule import CapacitySchedule
 
 MEDIUM_ENV = "HILBED_MEDIUM_FILE"
 #: nominal 802.11g channel capacity the load is measured against (Mbit/s)
@@ -159,8 +159,12 @@ class MediumScaledSchedule(CapacitySchedule):
         return self.base.rate_bps_at(t) * self.f[i]
 
     def capacity_events(self, t0: float, t1: float, step_s: float = 0.001):
+        # a link log's writer thread calls this while the sender may add breakpoints:
+        # read only the breakpoints complete when we start (the lists only grow)
+        with self._lock:
+            n_pts = len(self.t)
         for t, n in self.base.capacity_events(t0, t1, step_s):
-            i = max(0, bisect.bisect_right(self.t, t) - 1)
+            i = max(0, bisect.bisect_right(self.t, t, 0, n_pts) - 1)
             if self.f[i] > 0:
                 yield t, n * self.f[i]
 

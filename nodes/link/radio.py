@@ -15,7 +15,7 @@ import time
 from hilbed.firmware_bridge import MessageSender, open_radio
 
 from hilbed.nodes.link.addressing import EDGE_SHORT_ADDR, client_short_addr
-from hilbed.nodes.link.tcp import Link, SendReport, wall_ns
+from hilbed.nodes.link.base import Link, SendReport, wall_ns
 
 
 class RadioLink(Link):

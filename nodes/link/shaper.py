@@ -1,16 +1,15 @@
-"""``TraceShaper``: the user-space trace link engine for open-loop traffic.
+"""``TraceShaper``: the trace engine for open-loop traffic, and a UDP proxy around it.
 
-Each direction is a FIFO on a :class:`~hilbed.nodes.link.schedule.CapacitySchedule`
-(Mahimahi opportunities or a rate fluid), accounted byte by byte: a packet
-leaves when its last byte is served, an opportunity's leftover bytes serve
-the next queued packet, and capacity that passes while the queue is empty is
-lost. Because service is FIFO and the schedule is known, a packet's
-departure is computed exactly when it arrives; a scheduler thread then
-releases it at departure + one-way delay on the monotonic clock (sleep, then
-a short spin, with 1 ns timer slack), so releases are sub-millisecond. On a
-busy machine the OS scheduler, not the sleep, dominates release error: the
-scheduler thread asks for ``SCHED_FIFO`` (``realtime=True``, best effort;
-``stats()["realtime"]`` says whether it got it).
+Each direction is a :class:`~hilbed.nodes.link.stages.Pipeline` (drop-tail
+queue, byte-exact rate server on the schedule, delay, IID loss, link log):
+``submit()`` decides a packet's fate and departure when it arrives, and a
+:class:`~hilbed.nodes.link.stages.ReleaseThread` releases it at departure +
+one-way delay on the monotonic clock (sleep, then a short spin, with 1 ns
+timer slack), so releases are sub-millisecond. On a busy machine the OS
+scheduler, not the sleep, dominates release error: the release thread asks
+for ``SCHED_FIFO`` (``realtime=True``, best effort; ``stats()["realtime"]``
+says whether it got it). ``ShapedLink`` (the client's ``trace`` link) uses
+the same pipeline.
 
 Queues (Mahimahi's names): ``infinite``, ``droptail`` with a ``packets`` and/or
 ``bytes`` limit. As in Mahimahi the packet being served does not count
@@ -24,121 +23,49 @@ datagrams): ``python -m hilbed.nodes.link.shaper --up TRACE --listen H:P --forwa
 from __future__ import annotations
 
 import argparse
-import ctypes
-import heapq
 import json
-import math
-import os
 import random
-import re
 import selectors
 import signal
 import socket
 import sys
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
 from typing import Any, Callable
 
-from .schedule import ByteServer, CapacitySchedule
+from hilbed.nodes.link.schedule import CapacitySchedule
+from hilbed.nodes.link.stages import DROPPED, SENT, Pipeline, QueueSpec, ReleaseThread
 
-_SPIN_S = 0.0002  # sleep until this close to a release, then spin
-
-
-def _try_realtime(priority: int = 10) -> str | None:
-    """SCHED_FIFO for the calling thread (needs root or CAP_SYS_NICE); the reason if refused."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-        return None
-    except (AttributeError, OSError) as exc:
-        return str(exc)
-
-
-def _set_timer_slack_ns(ns: int = 1) -> None:
-    """Tighten this thread's sleep timer slack (Linux prctl PR_SET_TIMERSLACK = 29)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(29, ctypes.c_ulong(ns), 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-@dataclass(frozen=True)
-class QueueSpec:
-    """Link queue discipline: ``infinite`` or ``droptail`` limited by packets and/or bytes."""
-
-    kind: str = "infinite"
-    packets: int | None = None
-    bytes: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("infinite", "droptail"):
-            raise ValueError(f"unknown queue {self.kind!r} (allowed: infinite, droptail)")
-        if self.kind == "droptail" and not (self.packets or self.bytes):
-            raise ValueError("a droptail queue needs a packets= or bytes= limit")
-        for v in (self.packets, self.bytes):
-            if v is not None and v <= 0:
-                raise ValueError("queue limits must be > 0")
-
-    @classmethod
-    def parse(cls, text: str | None) -> "QueueSpec":
-        """``infinite`` | ``droptail:packets=100`` | ``droptail:bytes=30000[,packets=..]``."""
-        if not text or text == "infinite":
-            return cls()
-        m = re.fullmatch(r"droptail:(.+)", text.strip())
-        if not m:
-            raise ValueError(f"bad queue {text!r} (allowed: infinite, droptail:packets=N, droptail:bytes=N)")
-        args: dict[str, int] = {}
-        for part in m.group(1).split(","):
-            k, _, v = part.partition("=")
-            k = k.strip()
-            if k not in ("packets", "bytes") or not v.strip().isdigit():
-                raise ValueError(f"bad queue argument {part!r} (allowed: packets=N, bytes=N)")
-            args[k] = int(v)
-        return cls("droptail", args.get("packets"), args.get("bytes"))
-
-    def admits(self, queued_packets: int, queued_bytes: int, nbytes: int) -> bool:
-        if self.kind == "infinite":
-            return True
-        if self.packets is not None and queued_packets + 1 > self.packets:
-            return False
-        if self.bytes is not None and queued_bytes + nbytes > self.bytes:
-            return False
-        return True
-
-    def describe(self) -> str:
-        if self.kind == "infinite":
-            return "infinite"
-        args = [f"{k}={v}" for k, v in (("bytes", self.bytes), ("packets", self.packets)) if v]
-        return f"droptail [{', '.join(args)}]"
+__all__ = ["QueueSpec", "TraceShaper", "UdpShaperProxy", "main"]
 
 
 class _Direction:
-    def __init__(self, name: str, schedule: CapacitySchedule, deliver: Callable[[Any], None] | None,
-                 delay_s: float, loss: float, queue: QueueSpec, rng: random.Random, log):
-        self.name = name
-        self.schedule = schedule
-        self.server = ByteServer(schedule)
-        self.deliver = deliver
-        self.delay_s = delay_s
-        self.loss = loss
-        self.queue = queue
-        self.rng = rng
-        self.log = log
-        self.backlog: deque = deque()  # (t_first_byte, t_done, nbytes) of accepted packets not yet gone
-        self.backlog_bytes = 0
-        self.counters = {"packets_in": 0, "bytes_in": 0, "packets_out": 0, "bytes_out": 0, "dropped_packets": 0,
-                         "dropped_bytes": 0, "lost_packets": 0, "lost_bytes": 0, "never_served": 0}
+    """A pipeline plus what the shaper does at release: deliver and count."""
 
-    def _occupancy(self, t: float) -> tuple[int, int]:
-        bl = self.backlog
-        while bl and bl[0][1] <= t:
-            self.backlog_bytes -= bl.popleft()[2]
-        n, b = len(bl), self.backlog_bytes
-        if bl and bl[0][0] <= t:  # the packet in service does not count against the limit
-            n, b = n - 1, b - bl[0][2]
-        return n, b
+    def __init__(self, name: str, pipeline: Pipeline, deliver: Callable[[Any], None] | None):
+        self.name = name
+        self.pipeline = pipeline
+        self.deliver = deliver
+        self.released = {"packets_out": 0, "bytes_out": 0, "lost_packets": 0, "lost_bytes": 0}
+
+    @property
+    def log(self):
+        return self.pipeline.log
+
+    @property
+    def queue(self) -> QueueSpec:
+        return self.pipeline.queue.spec
+
+    @property
+    def schedule(self) -> CapacitySchedule:
+        return self.pipeline.schedule
+
+    @property
+    def counters(self) -> dict:
+        c = self.pipeline.counters
+        return {"packets_in": c["packets_in"], "bytes_in": c["bytes_in"], **self.released,
+                "dropped_packets": c["dropped_packets"], "dropped_bytes": c["dropped_bytes"],
+                "never_served": c["never_served"]}
 
 
 class TraceShaper:
@@ -163,16 +90,16 @@ class TraceShaper:
         self.clock = clock
         self.epoch = clock()
         if medium_file:
-            from .medium import MediumScaledSchedule, MediumWatcher
+            from hilbed.nodes.link.medium import MediumScaledSchedule, MediumWatcher
             self.medium = MediumWatcher(medium_file)
             uplink = MediumScaledSchedule(uplink, self.medium.factor, self.now)
             if downlink is not None:
                 downlink = MediumScaledSchedule(downlink, self.medium.factor, self.now)
         else:
             self.medium = None
-        q_up = queue if isinstance(queue, QueueSpec) else QueueSpec.parse(queue)
-        q_down = downlink_queue if isinstance(downlink_queue, QueueSpec) else (
-            QueueSpec.parse(downlink_queue) if downlink_queue else q_up)
+        q_up = QueueSpec.parse(queue)
+        q_down = QueueSpec.parse(downlink_queue) if downlink_queue else q_up
+        init_unix_ms = int((time.time() - (clock() - self.epoch)) * 1000)
         self.dirs: dict[str, _Direction] = {}
         for name, sched, deliver, q, lp in (("up", uplink, deliver_up, q_up, log_path),
                                             ("down", downlink, deliver_down, q_down, downlink_log_path)):
@@ -180,22 +107,22 @@ class TraceShaper:
                 continue
             log = None
             if lp:
-                from .linklog import LinkLogWriter
+                from hilbed.nodes.link.linklog import LinkLogWriter
                 log = LinkLogWriter(lp, f"{name}link", sched, trace_name=sched.describe(), queue_desc=q.describe(),
-                                    drops=log_drops, init_unix_ms=int((time.time() - (clock() - self.epoch)) * 1000))
-            self.dirs[name] = _Direction(name, sched, deliver, delay_ms / 1000.0, loss, q,
-                                         random.Random(f"{seed}:{name}"), log)
-        self._heap: list = []
-        self._seq = 0
-        self._cv = threading.Condition()
+                                    drops=log_drops, init_unix_ms=init_unix_ms, clock=self.now)
+            pipe = Pipeline(sched, q, delay_ms / 1000.0, loss, random.Random(f"{seed}:{name}"), log)
+            self.dirs[name] = _Direction(name, pipe, deliver)
+        self._lock = threading.Lock()
         self._closed = False
         self.record_release_errors = record_release_errors
         self.release_errors_s: list[float] = []
         self.late_max_s = 0.0
         self.realtime = realtime
-        self.realtime_error: str | None = "not requested" if not realtime else None
-        self._thread = threading.Thread(target=self._run, name="trace-shaper", daemon=True)
-        self._thread.start()
+        self._releaser = ReleaseThread(self.now, self._release, realtime=realtime, name="trace-shaper")
+
+    @property
+    def realtime_error(self) -> str | None:
+        return self._releaser.realtime_error
 
     # ------------------------------------------------------------ time ---
     def now(self) -> float:
@@ -208,34 +135,13 @@ class TraceShaper:
         n = int(nbytes if nbytes is not None else len(payload))
         if n <= 0:
             raise ValueError("a packet needs at least one byte")
-        with self._cv:
+        with self._lock:
             if self._closed:
                 return False
-            t_arr = self.now() if t is None else t
-            d.counters["packets_in"] += 1
-            d.counters["bytes_in"] += n
-            if d.log is not None:
-                d.log.arrival(t_arr, n)
-            qn, qb = d._occupancy(t_arr)
-            if not d.queue.admits(qn, qb, n):
-                d.counters["dropped_packets"] += 1
-                d.counters["dropped_bytes"] += n
-                if d.log is not None:
-                    d.log.drop(t_arr, 1, n)
-                return False
-            start, first, done = d.server.plan(n, t_arr)
-            d.server.commit(start, n)
-            d.backlog.append((first, done, n))
-            d.backlog_bytes += n
-            if math.isinf(done):  # a trace run once has ended: the packet waits forever
-                d.counters["never_served"] += 1
-                return True
-            lost = d.loss > 0 and d.rng.random() < d.loss
-            self._seq += 1
-            heapq.heappush(self._heap, (done + d.delay_s, self._seq, d, payload, n, t_arr, done, lost))
-            if self._heap[0][1] == self._seq:
-                self._cv.notify()
-            return True
+            pkt = d.pipeline.offer(n, self.now() if t is None else t)
+            if pkt.fate == SENT:
+                self._releaser.schedule(pkt.t_release, (d, payload, pkt))
+            return pkt.fate != DROPPED
 
     def send_up(self, payload: Any, nbytes: int | None = None) -> bool:
         return self.submit("up", payload, nbytes)
@@ -243,54 +149,29 @@ class TraceShaper:
     def send_down(self, payload: Any, nbytes: int | None = None) -> bool:
         return self.submit("down", payload, nbytes)
 
-    # ------------------------------------------------------- scheduler ---
-    def _run(self) -> None:
-        _set_timer_slack_ns(1)
-        if self.realtime:  # only this mostly-sleeping thread; its spins are bounded by _SPIN_S
-            self.realtime_error = _try_realtime()
-        while True:
-            with self._cv:
-                while not self._closed and not self._heap:
-                    self._cv.wait()
-                if self._closed:
-                    return
-                t_rel = self._heap[0][0]
-                dt = t_rel - self.now()
-                if dt > _SPIN_S:
-                    self._cv.wait(dt - _SPIN_S)
-                    continue
-            while self.now() < t_rel:  # short spin outside the lock
-                pass
-            due = []
-            with self._cv:
-                now = self.now()
-                while self._heap and self._heap[0][0] <= now:
-                    due.append(heapq.heappop(self._heap))
-            for t_rel_i, _seq, d, payload, n, t_arr, done, lost in due:
-                d.counters["packets_out"] += 1
-                d.counters["bytes_out"] += n
-                if d.log is not None:
-                    d.log.departure(done, n, t_arr)
-                if lost:
-                    d.counters["lost_packets"] += 1
-                    d.counters["lost_bytes"] += n
-                    continue
-                err = self.now() - t_rel_i
-                if err > self.late_max_s:
-                    self.late_max_s = err
-                if self.record_release_errors:
-                    self.release_errors_s.append(err)
-                if d.deliver is not None:
-                    try:
-                        d.deliver(payload)
-                    except Exception:  # a broken consumer must not stop the link
-                        d.counters.setdefault("deliver_errors", 0)
-                        d.counters["deliver_errors"] += 1
+    # --------------------------------------------------------- release ---
+    def _release(self, item: tuple, late_s: float) -> None:
+        d, payload, pkt = item
+        r = d.released
+        r["packets_out"] += 1
+        r["bytes_out"] += pkt.nbytes
+        if pkt.lost:
+            r["lost_packets"] += 1
+            r["lost_bytes"] += pkt.nbytes
+            return
+        if late_s > self.late_max_s:
+            self.late_max_s = late_s
+        if self.record_release_errors:
+            self.release_errors_s.append(late_s)
+        if d.deliver is not None:
+            try:
+                d.deliver(payload)
+            except Exception:  # a broken consumer must not stop the link
+                r["deliver_errors"] = r.get("deliver_errors", 0) + 1
 
     # --------------------------------------------------------- results ---
     def pending(self) -> int:
-        with self._cv:
-            return len(self._heap)
+        return self._releaser.pending()
 
     def stats(self) -> dict:
         out: dict[str, Any] = {name: {**d.counters, "queue": d.queue.describe(), "schedule": d.schedule.describe()}
@@ -306,14 +187,12 @@ class TraceShaper:
         return out
 
     def close(self) -> None:
-        with self._cv:
+        with self._lock:
             self._closed = True
-            self._cv.notify_all()
-        self._thread.join(5)
+        self._releaser.close(5)
         t_end = self.now()
         for d in self.dirs.values():
-            if d.log is not None:
-                d.log.close(t_end)
+            d.pipeline.close_log(t_end)
 
 
 class UdpShaperProxy:
@@ -383,8 +262,8 @@ def _hostport(text: str) -> tuple[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .traces import TraceError, load_schedule
-    from .schedule import ConstantRate
+    from hilbed.nodes.link.schedule import ConstantRate
+    from hilbed.nodes.link.traces import TraceError, load_schedule
     p = argparse.ArgumentParser(prog="python -m hilbed.nodes.link.shaper", description="UDP trace-shaping proxy")
     p.add_argument("--up", help="uplink trace (Mahimahi or .csv)")
     p.add_argument("--up-kbps", type=float, help="constant uplink rate instead of a trace")

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .schedule import CapacitySchedule
+from hilbed.nodes.link.schedule import CapacitySchedule
 
 MIN_RATE_BPS = 1000  # tc rejects 0; an "off" link keeps 1 kbit/s
 MIN_BURST_BYTES = 1600

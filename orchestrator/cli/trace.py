@@ -76,7 +76,7 @@ def cmd_lint(args) -> int:
 
 def cmd_gen(args) -> int:
     from hilbed.nodes.link import gen
-    from hilbed.nodes.link.mahimahi import write_mahimahi
+    from hilbed.nodes.link.traces import write_mahimahi
     from hilbed.nodes.link.traces import write_csv_rates
     try:
         if args.kind == "lora":

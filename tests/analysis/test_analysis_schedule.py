@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from hilbed.analysis.report import build_report
-from hilbed.orchestrator.run import scheduled as sch
+from hilbed.orchestrator.cli import scheduled as sch
 from hilbed.orchestrator.cli.main import main
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "analysis"

@@ -210,19 +210,6 @@ def test_style_registry_one_colour_per_variant_one_marker_per_family():
     assert StyleRegistry(reversed(list(fams)), fams).style("png") == reg.style("png")  # order does not matter
 
 
-def test_trace_capacity_from_csv_and_mahimahi(tmp_path):
-    from hilbed.analysis.plots import read_trace_capacity
-    csv = tmp_path / "t.csv"
-    csv.write_text("t_ms,kbps\n0,250\n1500,37.5\n")
-    t, r = read_trace_capacity(csv)
-    assert list(t) == [0.0, 1.5] and list(r) == [250.0, 37.5]
-    mm = tmp_path / "t.mahi"
-    mm.write_text("\n".join(["10"] * 5 + ["150"] * 2) + "\n")  # 5 opportunities in 0-100 ms, 2 in 100-200 ms
-    t, r = read_trace_capacity(mm)
-    assert list(t[:2]) == [0.0, 0.1] and list(r[:2]) == [5 * 1500 * 8 / 100, 2 * 1500 * 8 / 100]
-    assert read_trace_capacity(tmp_path / "missing") is None
-
-
 def test_jammer_target_from_the_jammers_own_report():
     """Built-in levels have no target in the scenario: the jammer's resolved level (events.jsonl) gives it."""
     from hilbed.analysis.checks import jammer_warnings

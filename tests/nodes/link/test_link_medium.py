@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import threading
 import time
 
 import pytest
 
-from hilbed.nodes import wire
 from hilbed.nodes.link import open_link
 from hilbed.nodes.link.linklog import read_linklog
 from hilbed.nodes.link.medium import MediumScaledSchedule, MediumWatcher, read_medium, write_medium
@@ -63,31 +60,8 @@ def test_watcher_caches_for_its_interval(tmp_path):
     assert w2.load() == pytest.approx(0.9)
 
 
-class _Sink:
-    """A minimal edge: accepts one connection and reads frames until it closes."""
-
-    def __init__(self):
-        self.srv = socket.socket()
-        self.srv.bind(("127.0.0.1", 0))
-        self.srv.listen(1)
-        self.port = self.srv.getsockname()[1]
-        self.frames: list[tuple[float, int]] = []
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        conn, _ = self.srv.accept()
-        r = wire.FrameReader(conn)
-        try:
-            while True:
-                f = r.read(5)
-                if f is not None:
-                    self.frames.append((time.monotonic(), f.type))
-        except (EOFError, OSError):
-            pass
-
-
-def _send_time(tmp_path, load: float | None, name: str) -> tuple[float, object]:
-    sink = _Sink()
+def _send_time(tmp_path, edge_sink, load: float | None, name: str) -> tuple[float, object]:
+    sink = edge_sink()
     spec = {"kind": "trace", "rate_kbps": 80, "packet_bytes": 100, "log_path": str(tmp_path / f"{name}.log")}
     if load is not None:
         mf = tmp_path / f"{name}-medium.json"
@@ -103,10 +77,10 @@ def _send_time(tmp_path, load: float | None, name: str) -> tuple[float, object]:
     return dt, stats
 
 
-def test_shaped_link_loses_capacity_to_the_medium(tmp_path):
+def test_shaped_link_loses_capacity_to_the_medium(tmp_path, edge_sink):
     # 883 B in 9 frames (17 B header each) = 1036 B on the wire at 10 B/ms -> ~104 ms; at load 0.5 -> ~207 ms
-    t_free, st_free = _send_time(tmp_path, None, "free")
-    t_half, st_half = _send_time(tmp_path, 0.5, "half")
+    t_free, st_free = _send_time(tmp_path, edge_sink, None, "free")
+    t_half, st_half = _send_time(tmp_path, edge_sink, 0.5, "half")
     assert t_free == pytest.approx(0.100, abs=0.03)
     assert t_half == pytest.approx(0.200, abs=0.04)
     assert st_half["medium_load_last"] == pytest.approx(0.5)

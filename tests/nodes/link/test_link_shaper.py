@@ -112,8 +112,8 @@ def test_once_trace_stops_serving():
     s = OpportunitySchedule([1, 2], 100, loop=False)
     got, deliver = _collect()
     sh = TraceShaper(s, deliver_up=deliver)
-    for i in range(3):
-        sh.send_up(i, nbytes=100)
+    for i in range(3):  # arriving at link time 0: on a loaded machine "now" may already be past the trace's end
+        sh.submit("up", i, nbytes=100, t=0.0)
     end = time.monotonic() + 5  # the two opportunities are at 1 and 2 ms; allow a loaded machine to lag
     while len(got) < 2 and time.monotonic() < end:
         time.sleep(0.01)

@@ -1,13 +1,13 @@
-"""Mahimahi trace reader/writer: accept what mm-link accepts, reject the rest with file:line."""
+"""Trace files (one module): Mahimahi as mm-link reads it, CSV rate schedules; errors name file:line."""
 
 from __future__ import annotations
 
 import pytest
 
-from hilbed.nodes.link.mahimahi import (constant_rate_trace, format_mahimahi, load_mahimahi_schedule, read_mahimahi,
-                                 write_mahimahi)
 from hilbed.nodes.link.schedule import OpportunitySchedule, PiecewiseRate
-from hilbed.nodes.link.traces import TraceError, load_schedule, read_csv_rates, write_csv_rates
+from hilbed.nodes.link.traces import (TraceError, constant_rate_trace, format_mahimahi, load_mahimahi_schedule,
+                                      load_schedule, parse_csv_rates, read_csv_rates, read_mahimahi, write_csv_rates,
+                                      write_mahimahi)
 
 
 def test_every_shared_trace_is_accepted(shared_data):
@@ -95,3 +95,35 @@ def test_load_schedule_dispatches_on_extension(tmp_path):
     assert read_csv_rates(c) == ([0, 500], [100, 50])
     with pytest.raises(ValueError):
         write_csv_rates(c, [5, 1], [1, 1])
+
+
+@pytest.mark.parametrize("text, line, problem", [
+    ("t,kbps\n0,1\n", 1, "header must be"),
+    ("t_ms,kbps\n0,1,2\n", 2, "expected 2 columns"),
+    ("t_ms,kbps\n0,x\n", 2, "not numbers"),
+    ("t_ms,kbps\n0,5\n10,-1\n", 3, ">= 0"),
+    ("t_ms,kbps\n0,5\n10,1\n5,1\n", 4, "non-decreasing"),
+    ("t_ms,kbps\n5,1\n", 2, "first row must be at t_ms 0"),
+    ("t_ms,kbps\n# only a comment\n", 2, "no data rows"),
+])
+def test_csv_errors_name_file_and_line(tmp_path, text, line, problem):
+    p = tmp_path / "bad.csv"
+    p.write_text(text)
+    with pytest.raises(TraceError) as ei:
+        read_csv_rates(p)
+    assert ei.value.line == line and problem in ei.value.problem and str(ei.value).startswith(f"{p}:{line}: ")
+    with pytest.raises(TraceError):
+        parse_csv_rates(text, "x.csv")
+
+
+def test_trace_format_module_needs_only_the_standard_library():
+    """Parsing traces must not pull numpy or the shaping code: the module imports stdlib only."""
+    import ast
+    import sys
+
+    import hilbed.nodes.link.traces as traces
+    tree = ast.parse(open(traces.__file__, encoding="utf-8").read())
+    top = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    names = {(n.module if isinstance(n, ast.ImportFrom) else a.name).split(".")[0]
+             for n in top for a in (n.names if isinstance(n, ast.Import) else [n])}
+    assert names <= set(sys.stdlib_module_names) | {"__future__"}, names
