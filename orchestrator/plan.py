@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from hilbed.nodes.codecs import explicit_params
 
-from hilbed.orchestrator.config import CodecCfg, ConditionCfg, ScenarioCfg, TestbedCfg
+from hilbed.orchestrator.config import (MAX_PLAN_IMAGES, MAX_TRIALS, CodecCfg, ConditionCfg, ScenarioCfg,
+                                        TestbedCfg)
+from hilbed.orchestrator.yamlsrc import ConfigError, dotted
 
 PER_TRIAL_OVERHEAD_S = 0.05  # start margin + round trips: ~31 ms measured by benchmarks/run_overhead.py
 
@@ -79,6 +81,12 @@ def make_plan(scenario: ScenarioCfg, testbed: TestbedCfg) -> Plan:
     """
     clients = testbed.clients
     n = scenario.workload.images_per_trial
+    n_trials = len(scenario.conditions) * scenario.repetitions * len(scenario.codecs)
+    if n_trials > MAX_TRIALS or n_trials * n * len(clients) > MAX_PLAN_IMAGES:
+        raise _plan_error(scenario, ("workload", "images_per_trial"),
+                          f"the plan has {n_trials} trials x {n} images x {len(clients)} clients = "
+                          f"{n_trials * n * len(clients)} images",
+                          f"at most {MAX_TRIALS} trials and {MAX_PLAN_IMAGES} images in all")
     trials: list[Trial] = []
     for cond in scenario.conditions:
         dl = scenario.deadline_ms(cond)
@@ -88,6 +96,22 @@ def make_plan(scenario: ScenarioCfg, testbed: TestbedCfg) -> Plan:
                        for k, c in enumerate(clients)}
                 tid = trial_id(scenario.name, codec, cond, dl, rep)
                 trials.append(Trial(tid, len(trials), codec, cond, rep, dl, idx))
-    ids = [t.id for t in trials]
-    assert len(set(ids)) == len(ids), "trial ids must be unique"
+    first: dict[str, Trial] = {}
+    for t in trials:
+        if t.id in first:  # load_scenario rejects duplicates; this guards scenarios built in code
+            o = first[t.id]
+            kind, items, mine = (("codecs", scenario.codecs, t.codec) if t.codec is not o.codec
+                                 else ("conditions", scenario.conditions, t.condition))
+            i = next(k for k, x in enumerate(items) if x is mine)
+            raise _plan_error(scenario, (kind, i), f"makes the same trials as {o.codec.display} under "
+                              f"{o.condition.name} (trial id {t.id})")
+        first[t.id] = t
     return Plan(scenario, testbed, trials)
+
+
+def _plan_error(scenario: ScenarioCfg, loc: tuple, problem: str, allowed: str | None = None) -> ConfigError:
+    """A ConfigError naming the scenario file (and line) when the scenario was loaded from one."""
+    src = getattr(scenario, "_source", None)
+    if src is None:
+        return ConfigError(f"<scenario {scenario.name}>", None, dotted(loc), problem, allowed)
+    return ConfigError(src.path, src.line_of(loc), dotted(loc), problem, allowed)
