@@ -41,6 +41,9 @@ class RunEvent(str, Enum):
     TC_REMOVE_FAILED = "tc_remove_failed"
     JAMMER_LEVEL = "jammer_level"          # the level set and its first measurement
     JAMMER_STOPPED = "jammer_stopped"      # the controller stopped the jammer at the condition's end
+    JAMMER_LAPSED = "jammer_lapsed"        # a heartbeat found the jammer idle (watchdog, crash) during jamming
+    JAMMER_REARMED = "jammer_rearmed"
+    JAMMER_REARM_FAILED = "jammer_rearm_failed"
     INPUTS_CHANGED = "inputs_changed"      # resume found changed inputs and was told to go on
     INPUTS_UNVERIFIED = "inputs_unverified"  # resume of a run that recorded no input hashes
     STALE_LOCK_REPLACED = "stale_lock_replaced"  # the run directory's lock was left by a dead process

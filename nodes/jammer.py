@@ -476,7 +476,10 @@ class JammerAgent(Agent):
 
     # ------------------------------------------------------------- ops ---
     def op_heartbeat(self) -> dict:
-        return {"t_ns": time.time_ns(), "level": self.level_name}
+        """Proof of life both ways: the controller learns whether the jammer still jams (or why not)."""
+        e = self.engine
+        return {"t_ns": time.time_ns(), "level": self.level_name, "active": e.level.active or bool(e.plan),
+                "stop_reason": e.stop_reason}
 
     def op_set_level(self, level: str, params: dict | None = None, watchdog_s: float | None = None,
                      medium_file: str | None = None, target: str | None = None, port: int | None = None,

@@ -65,6 +65,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "correct5": ("bool", "label in top5 (false when not decoded)"),
     "jammer_load": ("float64", "jammer's measured load during the image, fraction of air time 0..1"),
     "jammer_mbps": ("float64", "jammer's measured throughput during the condition, Mbit/s"),
+    "jammer_note": ("string", "why jammer_load is null for an image of a jammed condition (nothing was measured)"),
     "client_clock_offset_ns": ("int64", "client clock minus controller clock (ns)"),
     "edge_clock_offset_ns": ("int64", "edge clock minus controller clock (ns)"),
     "clock_uncertainty_ns": ("int64", "sum of both offsets' uncertainties (ns)"),
@@ -96,7 +97,7 @@ def make_record(raw: dict, *, run_id: str, scenario: str, trial_id: str, codec: 
 
     ``condition_fields``: condition, jamming_level, link_kind, link_rate_kbps, trace_name, link_delay_ms,
     deadline_ms, period_ms. ``*_offset``: ``{"offset_ns", "uncertainty_ns"}`` from the clock probe.
-    ``jammer``: ``{"jammer_load", "jammer_mbps"}`` measured for this image.
+    ``jammer``: ``{"jammer_load", "jammer_mbps", "jammer_note"}`` measured for this image.
     """
     c_ns, e_ns = client_offset["offset_ns"], edge_offset["offset_ns"]
     label = int(raw["label"])
@@ -128,6 +129,7 @@ def make_record(raw: dict, *, run_id: str, scenario: str, trial_id: str, codec: 
         "correct1": bool(decoded and top5 and top5[0] == label),
         "correct5": bool(decoded and label in top5),
         "jammer_load": jammer.get("jammer_load"), "jammer_mbps": jammer.get("jammer_mbps"),
+        "jammer_note": jammer.get("jammer_note"),
         "client_clock_offset_ns": c_ns, "edge_clock_offset_ns": e_ns,
         "clock_uncertainty_ns": client_offset["uncertainty_ns"] + edge_offset["uncertainty_ns"],
         "close_reason": raw.get("close"), "error": raw.get("error"),

@@ -12,6 +12,7 @@ their controller side and drives the jammers:
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from hilbed.nodes.link.kind import LinkKind, LinkSetupError
@@ -31,6 +32,7 @@ class Jamming:
     def __init__(self, ctx: RunContext):
         self.ctx = ctx
         self._hb: tuple[threading.Thread, threading.Event] | None = None
+        self._cond: Any = None  # the condition whose jamming is on
 
     def jammers(self) -> list[str]:
         return [n for n in self.ctx.testbed.jammers if (n, "jammer") in self.ctx.handles]
@@ -45,38 +47,66 @@ class Jamming:
         jammers = self.jammers()
         if not jammers:
             return {}
-        medium = ctx.local_medium_file()
-        common: dict[str, Any] = {"watchdog_s": JAMMER_WATCHDOG_S, "medium_file": str(medium) if medium else None}
+        self._cond = cond
         out: dict = {}
         for n in jammers:
-            target = ctx.testbed.nodes[n].jammer_target
-            if target:
-                common["target"] = target
-            h = ctx.agent(n, "jammer")
+            res = self._arm(n, cond)
             if cond.jamming_schedule:
-                steps = [{"at_s": s.at_s, "level": s.level, "params": self._level_params(s.level)}
-                         for s in cond.jamming_schedule]
-                res = h.call("set_schedule", timeout=30, steps=steps, **common) or {}
                 out = {"level": "schedule", "load": None, "mbps": None}
             else:
-                res = h.call("set_level", timeout=60, level=cond.jamming, params=self._level_params(cond.jamming),
-                             **common) or {}
                 out = {"level": res.get("level", cond.jamming), "load": res.get("load"), "mbps": res.get("mbps")}
             ctx.event(RunEvent.JAMMER_LEVEL, node=n, condition=cond.name, result=res)
         self._start_heartbeats(jammers)
         return out
 
-    def stop(self) -> None:
+    def _arm(self, node: str, cond: Any) -> dict:
+        """Ask one jammer for the condition's level or schedule (also to re-arm it after a lapse)."""
+        ctx = self.ctx
+        medium = ctx.local_medium_file()
+        common: dict[str, Any] = {"watchdog_s": JAMMER_WATCHDOG_S, "medium_file": str(medium) if medium else None}
+        target = ctx.testbed.nodes[node].jammer_target
+        if target:
+            common["target"] = target
+        h = ctx.agent(node, "jammer")
+        if cond.jamming_schedule:
+            steps = [{"at_s": s.at_s, "level": s.level, "params": self._level_params(s.level)}
+                     for s in cond.jamming_schedule]
+            return h.call("set_schedule", timeout=30, steps=steps, **common) or {}
+        return h.call("set_level", timeout=60, level=cond.jamming, params=self._level_params(cond.jamming),
+                      **common) or {}
+
+    def _asks_traffic(self) -> bool:
+        c = self._cond
+        return c is not None and (c.jamming != "none" or bool(c.jamming_schedule))
+
+    def _check(self, node: str, beat: dict) -> None:
+        """A heartbeat found the jammer idle while the condition asks for traffic: record the lapse and re-arm."""
+        if beat.get("active", True) or not self._asks_traffic():
+            return
+        cond = self._cond
+        self.ctx.event(RunEvent.JAMMER_LAPSED, node=node, condition=cond.name, reason=beat.get("stop_reason"))
+        self.ctx.console.print(f"[red]{node}: the jammer stopped ({beat.get('stop_reason')}) during condition "
+                               f"{cond.name}: re-arming; images sent meanwhile get no jammer load[/]")
+        t0 = time.monotonic()
         try:
-            for n in self.ctx.testbed.jammers:
-                h = self.ctx.live_agent(n, "jammer")
-                if h is not None:
-                    try:
-                        self.ctx.event(RunEvent.JAMMER_STOPPED, node=n, result=h.call("stop", timeout=15))
-                    except AgentFailed:
-                        pass
-        finally:
-            self._stop_heartbeats()
+            res = self._arm(node, cond)
+        except Exception as exc:  # the next heartbeat tries again; the images meanwhile stay unmeasured
+            self.ctx.event(RunEvent.JAMMER_REARM_FAILED, node=node, condition=cond.name, error=str(exc))
+            return
+        self.ctx.event(RunEvent.JAMMER_REARMED, node=node, condition=cond.name, result=res,
+                       seconds=round(time.monotonic() - t0, 3))
+
+    def stop(self) -> None:
+        """Heartbeats first (so nothing re-arms a jammer being stopped), then every live jammer."""
+        self._cond = None
+        self._stop_heartbeats()
+        for n in self.ctx.testbed.jammers:
+            h = self.ctx.live_agent(n, "jammer")
+            if h is not None:
+                try:
+                    self.ctx.event(RunEvent.JAMMER_STOPPED, node=n, result=h.call("stop", timeout=15))
+                except AgentFailed:
+                    pass
 
     def _start_heartbeats(self, jammers: list[str]) -> None:
         if self._hb is not None:
@@ -90,9 +120,11 @@ class Jamming:
                     if h is None:
                         continue
                     try:
-                        h.call("heartbeat", timeout=HEARTBEAT_S * 3)
+                        beat = h.call("heartbeat", timeout=HEARTBEAT_S * 3)
                     except Exception:
-                        pass  # the jammer's watchdog stops it if we cannot reach it
+                        continue  # the jammer's watchdog stops it if we cannot reach it
+                    if not stop.is_set():
+                        self._check(n, beat or {})
 
         t = threading.Thread(target=beat, name="jammer-heartbeat", daemon=True)
         self._hb = (t, stop)

@@ -122,10 +122,14 @@ class RunContext:
         return o.get("current") or o.get("before") or ZERO_OFFSET
 
     def probe_clocks(self, tag: str) -> None:
-        """Measure every record-stamping agent's clock offset (``before``/``after`` the run)."""
+        """Measure every node's clock offset (``before``/``after`` the run) through one of its agents,
+        a record-stamping one where the node has it (the jammer's windows are mapped with its node's offset)."""
+        by_node: dict[str, AgentHandle] = {}
         for (node, role), h in self.handles.items():
-            if role_of(role).stamps_records:
-                self.offsets.setdefault(node, {})[tag] = clock_probe(h)
+            if node not in by_node or role_of(role).stamps_records:
+                by_node[node] = h
+        for node, h in by_node.items():
+            self.offsets.setdefault(node, {})[tag] = clock_probe(h)
         self.manifest["clock_offsets"] = self.offsets
         self.write_manifest()
 

@@ -35,6 +35,8 @@ from hilbed.orchestrator.run.conditions import Conditions
 from hilbed.orchestrator.run.context import RunContext
 from hilbed.orchestrator.run.preflight import preflight
 from hilbed.orchestrator.run.inputs import collect_inputs, fill_missing_hashes, verify_inputs
+from hilbed.orchestrator.run.ledger import (WINDOW_SLACK_NS, condition_starts, jammer_lapses, jammer_windows,
+                                            settle_jammer_loads)
 from hilbed.orchestrator.run.lock import RunLock
 from hilbed.orchestrator.run.recovery import Recovery, resume_done_keys
 from hilbed.orchestrator.run.store import RunStore
@@ -232,21 +234,21 @@ class Runner:
                 self._progress.advance(self._task)
 
     def _jammer_at(self, t_ns: int | None, st: _TrialState) -> dict:
-        """Jammer load for an image: the measured 1 s window around its arrival when the
-        jammer has reported one (schedules change level mid-condition), else the level's
-        measurement taken when the condition started."""
-        fallback = {"jammer_load": st.jammer.get("load"), "jammer_mbps": st.jammer.get("mbps")}
-        if t_ns is None or not st.jammer:
-            return fallback
-        with self._lock:
-            best = None
-            for t0, t1, load, mbps in reversed(self._jam_series):
-                if t0 <= t_ns <= t1 + 200_000_000:
-                    best = (load, mbps)
-                    break
-                if t1 < t_ns - 2_000_000_000:
-                    break
-        return {"jammer_load": best[0], "jammer_mbps": best[1]} if best else fallback
+        """The jammer load for an image as far as measured now: the window covering its arrival. A window is
+        reported up to a second after the images it covers, so a missing one is "pending" here and settled
+        from events.jsonl when the results are written (:mod:`hilbed.orchestrator.run.ledger`)."""
+        if not st.jammer:
+            return {}
+        if st.jammer.get("level") == "none":
+            return {"jammer_load": st.jammer.get("load"), "jammer_mbps": st.jammer.get("mbps")}
+        if t_ns is not None:
+            with self._lock:
+                for t0, t1, load, mbps in reversed(self._jam_series):
+                    if t0 <= t_ns <= t1 + WINDOW_SLACK_NS:
+                        return {"jammer_load": load, "jammer_mbps": mbps}
+                    if t1 < t_ns - 2_000_000_000:
+                        break
+        return {"jammer_load": None, "jammer_mbps": None, "jammer_note": "pending: no window yet"}
 
     # --------------------------------------------------------------- run ---
     def _condition_fields(self, trial: Trial) -> dict:
@@ -378,7 +380,22 @@ class Runner:
 
     def _finish(self, state: str, wall_s: float) -> RunOutcome:
         from hilbed.analysis.metrics import summary
-        n_records = self.store.write_results()
+        records = self.store.merged_records()
+        ev = self.store.events_path
+        records, unapplied = settle_jammer_loads(records, self.scenario,
+                                                 jammer_windows(ev, self.manifest.get("clock_offsets", {})),
+                                                 condition_starts(ev), jammer_lapses(ev))
+        n_records = self.store.write_results(records)
+        if unapplied:
+            self.manifest["unapplied"] = unapplied
+            if state == "complete":
+                state = "complete_unapplied"
+                self.manifest["state"] = state
+            for u in unapplied:
+                self.console.print(f"[bold red]condition {u['condition']}: {u['what']} not applied as asked for "
+                                   f"{u['records']} image(s): {u['reason']}[/]")
+        self.manifest.update(records=n_records, wall_s=round(wall_s, 2))
+        self.store.write_manifest(self.manifest)  # before the report, which reads it
         report = None
         summ = None
         if self.make_report:
@@ -387,8 +404,6 @@ class Runner:
             report = build_report([self.store.root])
             df = load_run(self.store.root)
             summ = summary(df) if len(df) else None
-        self.manifest.update(records=n_records, wall_s=round(wall_s, 2))
-        self.store.write_manifest(self.manifest)
         return RunOutcome(self.store.root, report, state, n_records, self.plan.n_images, wall_s, summ)
 
 
