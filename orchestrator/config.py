@@ -31,10 +31,10 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
                       field_validator, model_validator)
 
 from hilbed.nodes.codecs import CodecParamsError, all_codec_names, explicit_params, validate_codec_params
+from hilbed.nodes.link.registry import link_kind_class, link_kind_names
 from hilbed.orchestrator.roles import ROLES
 from hilbed.orchestrator.yamlsrc import ConfigError, Located, dotted, load_located, short_repr
 
-LINK_KINDS = ("direct", "trace", "tc", "radio")
 DEFAULT_JAMMING_LEVELS = ("none", "light", "heavy")
 
 
@@ -280,7 +280,7 @@ class CodecCfg(Strict):
 
 
 class LinkCfg(Strict):
-    kind: Literal["direct", "trace", "tc", "radio"]
+    kind: str = Field(..., description="a registered link kind (hilbed.nodes.link.registry)")
     rate_kbps: float | None = Field(None, ge=MIN_RATE_KBPS, le=MAX_RATE_KBPS, description="constant uplink rate")
     trace: PathStr | None = Field(None, description="uplink trace file (CSV t_ms,kbps or Mahimahi), "
                                   "relative to the scenario")
@@ -294,9 +294,16 @@ class LinkCfg(Strict):
     loop: bool = True
     tc_discipline: Literal["htb", "tbf"] = "htb"
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in link_kind_names():
+            raise ValueError(f"unknown link kind {v!r} (allowed: {', '.join(link_kind_names())})")
+        return v
+
     @model_validator(mode="after")
     def _shape(self) -> "LinkCfg":
-        if self.kind in ("trace", "tc") and self.rate_kbps is None and self.trace is None:
+        if link_kind_class(self.kind).needs_rate and self.rate_kbps is None and self.trace is None:
             raise ValueError(f"a '{self.kind}' link needs rate_kbps or trace")
         if self.rate_kbps is not None and self.trace is not None:
             raise ValueError("give rate_kbps or trace, not both")

@@ -22,13 +22,26 @@ def _console():
 
 
 def cmd_validate(args) -> int:
+    """Each file on its own; with --testbed, every scenario also against that testbed (all its conditions
+    must be applicable there)."""
     from hilbed.orchestrator.config import detect_kind, load_scenario, load_testbed
+    from hilbed.orchestrator.pairing import check_pair
     con = _console()
     bad = 0
+    testbed = None
+    if args.pair_testbed:
+        try:
+            testbed = load_testbed(args.pair_testbed)
+        except ConfigError as exc:
+            print(exc.one_line(), file=sys.stderr)
+            return 2
     for f in args.files:
         try:
             kind = detect_kind(f)
-            (load_testbed if kind == "testbed" else load_scenario)(f)
+            cfg = (load_testbed if kind == "testbed" else load_scenario)(f)
+            if kind == "scenario" and testbed is not None:
+                check_pair(testbed, cfg, args.pair_testbed)
+                kind += f" on {args.pair_testbed}"
             con.print(f"{f}: ok ({kind})")
         except ConfigError as exc:
             print(exc.one_line(), file=sys.stderr)
@@ -40,9 +53,11 @@ def cmd_plan(args) -> int:
     from rich.table import Table
 
     from hilbed.orchestrator.config import load_scenario, load_testbed
+    from hilbed.orchestrator.pairing import check_pair
     from hilbed.orchestrator.plan import make_plan
     tb = load_testbed(args.testbed)
     sc = load_scenario(args.scenario)
+    check_pair(tb, sc, args.testbed)
     plan = make_plan(sc, tb)
     con = _console()
     table = Table(title=f"plan: {sc.name} on {tb.name}")
@@ -112,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check testbed/scenario YAML files")
     v.add_argument("files", nargs="+")
+    v.add_argument("--testbed", "-t", dest="pair_testbed", default=None,
+                   help="also check each scenario against this testbed")
     v.set_defaults(fn=cmd_validate)
 
     pl = sub.add_parser("plan", help="print the trial matrix of a scenario")

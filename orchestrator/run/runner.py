@@ -29,6 +29,7 @@ from hilbed.nodes.record import make_record
 from hilbed.orchestrator.config import load_scenario, load_testbed
 from hilbed.orchestrator.errors import RunError, RunStopped
 from hilbed.orchestrator.lab.transport import REPO_ROOT, AgentFailed
+from hilbed.orchestrator.pairing import check_pair
 from hilbed.orchestrator.plan import Plan, Trial, make_plan
 from hilbed.orchestrator.roles import ROLES
 from hilbed.orchestrator.run.conditions import Conditions
@@ -124,6 +125,8 @@ class Runner:
             assert testbed_path is not None and scenario_path is not None
             testbed = load_testbed(testbed_path)
             scenario = load_scenario(scenario_path)
+            check_pair(testbed, scenario, str(testbed_path))  # before anything is created: nothing to clean up
+            make_plan(scenario, testbed)
             rd = Path(results_dir) if results_dir else Path(testbed.results_dir)
             if not rd.is_absolute() and results_dir is None:
                 rd = Path(testbed_path).resolve().parent / rd

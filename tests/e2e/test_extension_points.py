@@ -82,10 +82,10 @@ nodes:
 SCENARIO = """\
 name: toy
 workload: {model: synthetic-cnn, dataset: synthetic, images_per_trial: 6, seed: 3}
-stream: {period_ms: 150, deadline_ms: 600}
+stream: {period_ms: 150}
 codecs: [{codec: jpeg, params: {quality: 50}}]
 conditions:
-  - {name: held, link: {kind: toy-hold, delay_ms: 40}}
+  - {name: held, link: {kind: toy-hold, delay_ms: 40}, deadline_ms: 600}
 """
 
 

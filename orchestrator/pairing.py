@@ -1,0 +1,73 @@
+"""A scenario checked against the testbed it will run on: every condition must be applicable there.
+
+Each file validates on its own (:mod:`hilbed.orchestrator.config`); this
+module catches what only the pair shows, before anything starts, as a
+``file:line`` error on the scenario with the fix: a jamming level on a
+testbed without a jammer, a radio link where a node has no radio, kernel
+shaping without an interface, and jamming of a link whose capacity would
+not follow the jammer's measured load (the run would label images as jammed
+that were sent at full capacity).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hilbed.nodes.link.registry import link_kind_class
+from hilbed.orchestrator.yamlsrc import ConfigError, dotted
+
+
+def _error(scenario: Any, loc: tuple, problem: str, fix: str) -> ConfigError:
+    src = scenario._source
+    path = src.path if src is not None else scenario.name
+    line = src.line_of(loc) if src is not None else None
+    return ConfigError(path, line, dotted(loc), f"{problem}; fix: {fix}")
+
+
+def _local(testbed: Any, node: str) -> bool:
+    return testbed.nodes[node].transport.kind == "local"
+
+
+def check_pair(testbed: Any, scenario: Any, testbed_path: str = "the testbed") -> None:
+    """Raise ConfigError (pointing into the scenario) for the first condition the testbed cannot apply."""
+    jammers = testbed.jammers
+    edge = testbed.edge
+    for i, cond in enumerate(scenario.conditions):
+        jams = cond.jamming != "none" or bool(cond.jamming_schedule)
+        jloc = ("conditions", i, "jamming_schedule" if cond.jamming_schedule else "jamming")
+        kind = cond.link.kind
+        if jams and not jammers:
+            raise _error(scenario, jloc, f"condition {cond.name} jams but {testbed_path} has no node with role "
+                         "'jammer'", f"add a jammer node to {testbed_path}, or use jamming: none")
+        if kind == "radio":
+            missing = [n for n in [*testbed.clients, edge] if testbed.nodes[n].radio is None]
+            if missing:
+                raise _error(scenario, ("conditions", i, "link", "kind"), f"a radio link needs a radio on "
+                             f"{', '.join(missing)}", f"add radio: {{protocol, port}} to those nodes in {testbed_path}")
+        if kind == "tc":
+            need = list(testbed.clients) + ([edge] if cond.link.downlink_rate_kbps or cond.link.downlink_trace else [])
+            missing = [n for n in need if not testbed.nodes[n].interface]
+            if missing:
+                raise _error(scenario, ("conditions", i, "link", "kind"), f"link kind 'tc' needs the network "
+                             f"interface to shape on {', '.join(missing)}",
+                             f"add interface: <name> to those nodes in {testbed_path}")
+        if not jams:
+            continue
+        if not link_kind_class(kind).jammable:
+            raise _error(scenario, jloc, f"condition {cond.name} jams a '{kind}' link, whose capacity does not follow "
+                         "the jammer's measured load: its images would be labelled jammed while sent at full "
+                         "capacity", "use a trace or radio link for jamming conditions, or jamming: none")
+        remote_jammers = [n for n in jammers if not _local(testbed, n)]
+        if kind == "trace":
+            remote = [n for n in testbed.clients if not _local(testbed, n)]
+            if remote or remote_jammers:
+                raise _error(scenario, jloc, f"condition {cond.name}: trace links follow the jammer's load through "
+                             f"the medium file on this machine; {', '.join(remote + remote_jammers)} run elsewhere",
+                             "run the jammer and the trace-link clients on the controller's machine, or use "
+                             "real radios for jamming in a lab")
+        if kind == "radio":
+            emulated = [n for n in [*testbed.clients, edge] if testbed.nodes[n].radio.port == "emulated"]
+            if emulated and remote_jammers:
+                raise _error(scenario, jloc, f"condition {cond.name}: emulated radios follow the jammer's load "
+                             f"through the medium file on this machine; the jammer {', '.join(remote_jammers)} "
+                             "runs elsewhere", "run the jammer locally, or use real radios")
