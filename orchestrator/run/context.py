@@ -12,11 +12,12 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from rich.console import Console
 
 from hilbed.nodes.plugins import ENV as PLUGINS_ENV
+from hilbed.orchestrator.config import redact
 from hilbed.orchestrator.lab.connect import make_transport
 from hilbed.orchestrator.lab.transport import AgentHandle, Transport, clock_probe
 from hilbed.orchestrator.roles import role as role_of
@@ -29,7 +30,7 @@ AGENT_READY_S = 60.0
 
 class RunContext:
     def __init__(self, testbed: Any, scenario: Any, store: RunStore, manifest: dict, console: Console,
-                 on_event: EventHandler | None = None):
+                 on_event: EventHandler | None = None, secrets: Iterable[str] = ()):
         self.testbed = testbed
         self.scenario = scenario
         self.store = store
@@ -44,6 +45,8 @@ class RunContext:
         #: per-run state of link kinds and other seams, keyed by their name
         self.state: dict[str, Any] = {}
         self.lock = threading.Lock()
+        #: secret strings (SSH env values) that must not reach events.jsonl
+        self.secrets = frozenset(secrets)
 
     # -- facts ---------------------------------------------------------------
     @property
@@ -72,6 +75,9 @@ class RunContext:
 
     # -- store ---------------------------------------------------------------
     def event(self, kind: str, **fields: Any) -> None:
+        """Append to events.jsonl, with any secret an error text or command line quotes replaced by ***."""
+        if self.secrets:
+            fields = redact(fields, self.secrets)
         self.store.append_event(kind, **fields)
 
     def write_manifest(self) -> None:

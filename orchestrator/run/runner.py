@@ -26,7 +26,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hilbed.nodes.events import AgentEvent, RunEvent
 from hilbed.nodes.record import make_record
-from hilbed.orchestrator.config import load_scenario, load_testbed
+from hilbed.orchestrator.config import (load_scenario, load_testbed, recover_config_text, redact, redact_config_text,
+                                        secret_values)
 from hilbed.orchestrator.errors import RunError, RunStopped
 from hilbed.orchestrator.lab.transport import REPO_ROOT, AgentFailed
 from hilbed.orchestrator.pairing import check_pair
@@ -117,7 +118,7 @@ class Runner:
                 raise RunError(f"{resume_dir}: not a run directory (no manifest.json)")
             self.lock = self._take_lock(store.root, force_unlock)
             manifest = store.read_manifest()
-            testbed = load_testbed(manifest["testbed"]["path"], manifest["testbed"]["text"])
+            testbed = load_testbed(manifest["testbed"]["path"], self._testbed_text(manifest))
             scenario = load_scenario(manifest["scenario"]["path"], manifest["scenario"]["text"])
             self._verify_inputs(store, manifest, testbed, scenario, accept_changed_inputs)
             self.resuming = True
@@ -135,9 +136,10 @@ class Runner:
             manifest = {
                 "run_id": store.run_id, "state": "created", "hilbed_version": package_versions().get("hilbed"),
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                # secrets (SSH env values) never reach the run directory: resume reads them from the file again
                 "testbed": {"name": testbed.name, "path": str(Path(testbed_path).resolve()),
-                            "text": Path(testbed_path).read_text(encoding="utf-8"),
-                            "parsed": testbed.model_dump(mode="json")},
+                            "text": redact_config_text(Path(testbed_path).read_text(encoding="utf-8"), testbed_path),
+                            "parsed": redact(testbed, secret_values(testbed))},
                 "scenario": {"name": scenario.name, "path": str(Path(scenario_path).resolve()),
                              "text": Path(scenario_path).read_text(encoding="utf-8"),
                              "parsed": scenario.model_dump(mode="json")},
@@ -146,7 +148,8 @@ class Runner:
                 "inputs": collect_inputs(scenario, testbed, scenario_path),
             }
             self.resuming = False
-        self.ctx = RunContext(testbed, scenario, store, manifest, self.console, self._on_event)
+        self.ctx = RunContext(testbed, scenario, store, manifest, self.console, self._on_event,
+                              secrets=secret_values(testbed))
         self.testbed, self.scenario, self.store, self.manifest = testbed, scenario, store, manifest
         self.conditions = Conditions(self.ctx)
         self.recovery: Recovery | None = None
@@ -157,6 +160,19 @@ class Runner:
             raise
         self.manifest["plan"] = {"trials": [t.id for t in self.plan.trials], "images": self.plan.n_images}
         self.store.write_manifest(self.manifest)
+
+    @staticmethod
+    def _testbed_text(manifest: dict) -> str:
+        """The testbed as the run started, secrets included: the stored text has them redacted, so they come
+        from the testbed file, which must still redact to exactly the stored text."""
+        stored = manifest["testbed"]["text"]
+        if "'***'" not in stored:
+            return stored
+        real = recover_config_text(manifest["testbed"]["path"], stored)
+        if real is None:
+            raise RunError(f"resume needs the testbed's secrets (SSH env values), which the run directory does not "
+                           f"keep: {manifest['testbed']['path']} is gone or changed since the run started")
+        return real
 
     def _take_lock(self, run_dir: Path, force: bool) -> RunLock:
         """The run directory's live lock: a second run/resume on it refuses, naming the owner."""
@@ -194,13 +210,13 @@ class Runner:
             if self._progress is not None and self._task is not None:
                 self._progress.update(self._task, description=f"{node}: {msg.get('what')}: {msg.get('message')}")
         elif kind == AgentEvent.JAMMER_LOAD:
-            self.store.append_event(RunEvent.AGENT_EVENT, node=node, role=role, event=msg)
+            self.ctx.event(RunEvent.AGENT_EVENT, node=node, role=role, event=msg)
             off = self.ctx.offsets.get(node, {}).get("before", {}).get("offset_ns", 0)
             with self._lock:
                 self._jam_series.append((int(msg["t_start"] * 1e9) - off, int(msg["t_end"] * 1e9) - off,
                                          float(msg["load"]), float(msg["mbps"])))
         elif kind != AgentEvent.READY:
-            self.store.append_event(RunEvent.AGENT_EVENT, node=node, role=role, event=msg)
+            self.ctx.event(RunEvent.AGENT_EVENT, node=node, role=role, event=msg)
 
     def _start_agents(self) -> None:
         """Every node's agents for the roles the scenario needs, then each role's prepare step (edge first)."""
@@ -219,7 +235,7 @@ class Runner:
     def _store_record(self, node: str, raw: dict) -> None:
         st = self._trials.get(raw.get("trial_id"))
         if st is None:
-            self.store.append_event(RunEvent.STRAY_RECORD, node=node, record=raw)
+            self.ctx.event(RunEvent.STRAY_RECORD, node=node, record=raw)
             return
         t = st.trial
         client = raw.get("client", node)
@@ -271,11 +287,11 @@ class Runner:
     def _execute(self) -> RunOutcome:
         t0 = time.monotonic()
         if self._stale_lock:
-            self.store.append_event(RunEvent.STALE_LOCK_REPLACED, **self._stale_lock)
+            self.ctx.event(RunEvent.STALE_LOCK_REPLACED, **self._stale_lock)
         done = resume_done_keys(self.store) if self.resuming else set()
         if self.resuming:
             dropped = self.store.repair_tail()
-            self.store.append_event(RunEvent.RESUMED, done_images=len(done), torn_bytes_dropped=dropped)
+            self.ctx.event(RunEvent.RESUMED, done_images=len(done), torn_bytes_dropped=dropped)
         self.manifest.update(state="running", started_at=self.manifest.get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         self.store.write_manifest(self.manifest)
         old_term = signal.getsignal(signal.SIGTERM)
@@ -295,7 +311,7 @@ class Runner:
             raise
         except AgentFailed as exc:
             state = "failed"
-            self.store.append_event(RunEvent.FAILED, error=str(exc))
+            self.ctx.event(RunEvent.FAILED, error=str(exc))
             raise RunError(f"{exc}; agent logs are in {self.store.logs}") from None
         finally:
             self._teardown()
@@ -374,7 +390,7 @@ class Runner:
             raise AgentFailed(f"trial {t.id} did not finish within {budget:.0f} s")
         for f in finished:
             f.result()  # raise agent errors
-        self.store.append_event(RunEvent.TRIAL_DONE, trial_id=t.id, t_call_ns=t_call, start_ns=start_ns,
+        self.ctx.event(RunEvent.TRIAL_DONE, trial_id=t.id, t_call_ns=t_call, start_ns=start_ns,
                                 t_done_ns=time.time_ns(), images=sum(len(v) for v in remaining.values()))
 
     def _teardown(self) -> None:
