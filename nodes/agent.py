@@ -89,6 +89,11 @@ class Agent:
                 "hostname": platform.node(), "pid": os.getpid(), "agent": self.name,
                 "uptime_s": _uptime_s(), "started_at": self.started_at}
 
+    def op_host_load(self) -> dict:
+        """How busy this node is now (for the manifest's before/after facts)."""
+        from hilbed.nodes.hostload import host_load
+        return host_load()
+
     def op_shutdown(self) -> dict:
         threading.Thread(target=self._exit, args=(0,), daemon=True).start()
         return {}

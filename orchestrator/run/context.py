@@ -151,6 +151,34 @@ class RunContext:
         self.manifest["clock_offsets"] = self.offsets
         self.write_manifest()
 
+    # -- host load -----------------------------------------------------------
+    def record_host_load(self, tag: str) -> None:
+        """The controller's and every node's load now (``before``/``after`` the trials), into the manifest;
+        an overloaded host is said on the console (the report warns too)."""
+        from hilbed.nodes.hostload import host_load, overloaded
+        host = self.manifest.setdefault("host", {})
+        host[tag] = host_load()
+        seen: set[str] = set()
+        for (node, _), h in list(self.handles.items()):
+            if node in seen or h.dead.is_set():
+                continue
+            seen.add(node)
+            try:
+                facts = h.call("host_load", timeout=10)
+            except Exception as exc:  # an agent without the op (older hilbed on a node) or a dying one
+                facts = {"error": str(exc)}
+            self.manifest.setdefault("node_hosts", {}).setdefault(node, {})[tag] = facts
+        remote = [(n, v[tag]) for n, v in self.manifest.get("node_hosts", {}).items()
+                  if tag in v and not self.is_local(n)]  # local nodes are the controller's machine: said once
+        for name, facts in [("controller", host[tag])] + remote:
+            why = overloaded(facts)
+            if why:
+                self.console.print(f"[yellow]{name} is overloaded {tag} the trials: {why}; timings may be off[/]")
+            if facts.get("rt_priority") is False:
+                self.console.print(f"[yellow]{name}: no real-time priority (not root, RLIMIT_RTPRIO 0): shaped "
+                                   f"links release packets less precisely[/]")
+        self.write_manifest()
+
     # -- teardown ------------------------------------------------------------
     def close(self) -> None:
         """Close every agent (stdin closed: it tears down itself; stragglers killed) and transport."""

@@ -344,6 +344,7 @@ class Runner:
                 self.manifest["inputs"] = fill_missing_hashes(self.manifest["inputs"], collect_inputs(
                     self.scenario, self.testbed, self.manifest["scenario"]["path"]))
             self.ctx.probe_clocks("before")
+            self.ctx.record_host_load("before")
             self.recovery = Recovery(self.ctx, self._reapply)
             for t, _ in todo:
                 self._trials[t.id] = _TrialState(t, self._condition_fields(t))
@@ -362,6 +363,7 @@ class Runner:
                 finally:
                     self.conditions.clear()
             self.ctx.probe_clocks("after")
+            self.ctx.record_host_load("after")
 
     def _reapply(self, cond: Any, trial: Any, restarted: list[tuple[str, str]]) -> None:
         """After a reconnect: reopen the condition's links; set jamming again when its agents restarted."""
