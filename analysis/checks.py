@@ -7,7 +7,9 @@
   support, and cells with few images;
 - a jamming level whose measured load fell short of the scenario's target, or
   was not measured at all;
-- incomplete runs, images without a reply, fewer records than planned.
+- incomplete runs, images without a reply, fewer records than planned;
+- timing measured on an overloaded host, a jammer its watchdog stopped
+  (:mod:`hilbed.analysis.runlog`).
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import numpy as np
 import pandas as pd
 
 from .load import scenario_of
+from .runlog import FINISHED_STATES, overload_warnings, run_marks, utc
 from .metrics import _num, summary
 from .stats import Z95, newcombe_diff
 
 MIN_CELL = 30
 JAMMER_SHORTFALL = 0.9
 CROSS_CLOCK = ("transmit", "return")
+WATCHDOG_SAME_NS = 10_000_000_000
 
 
 def _cells(cells: list[str], k: int = 3) -> str:
@@ -141,7 +145,7 @@ def run_warnings(df: pd.DataFrame, manifests: list[dict]) -> list[str]:
     out = []
     for m in manifests:
         run = m.get("run_id", "?")
-        if m.get("state") not in ("complete", None):
+        if m.get("state") not in (*FINISHED_STATES, None):
             out.append(f"{run}: run state is '{m.get('state')}' (finish it with `hilbed resume`)")
         planned = (m.get("plan") or {}).get("images")
         if planned:
@@ -151,10 +155,25 @@ def run_warnings(df: pd.DataFrame, manifests: list[dict]) -> list[str]:
         git = m.get("git") or {}
         if git.get("dirty"):
             out.append(f"{run}: measured from a working tree with uncommitted changes (git sha {git.get('sha')})")
+        out += overload_warnings(m)
     if len(df):
         errs = df["error"].dropna()
         if len(errs):
             out.append(f"{len(errs)} image(s) got no reply from the edge; first: {errs.iloc[0]}")
+    return out
+
+
+def watchdog_warnings(events: list[dict] | None) -> list[str]:
+    """A jammer that stopped by itself left the condition unjammed until the next level was set."""
+    out = []
+    last: dict[str, int] = {}
+    for mk in run_marks(events or []):
+        # the jammer's own report and the controller's heartbeat may both tell of one stop
+        if mk.category == "watchdog" and not (mk.nodes in last and mk.t_ns is not None
+                                              and mk.t_ns - last[mk.nodes] < WATCHDOG_SAME_NS):
+            last[mk.nodes] = mk.t_ns or 0
+            out.append(f"the jammer on node {mk.nodes or '?'} stopped by its watchdog at {utc(mk.t_ns)} UTC: records "
+                       "after it (until the jammer was set or re-armed again) may have run unjammed")
     return out
 
 
@@ -163,4 +182,4 @@ def all_warnings(lat: pd.DataFrame, summ: pd.DataFrame, manifests: list[dict],
     if len(lat) == 0:
         return ["no records"] + run_warnings(lat, manifests)
     return (run_warnings(lat, manifests) + clock_warnings(lat, manifests) + jammer_warnings(lat, manifests, events)
-            + sample_warnings(summ))
+            + watchdog_warnings(events) + sample_warnings(summ))

@@ -22,6 +22,18 @@ with ``rule="significant"`` the estimate exceeds the threshold and the
 interval excludes zero. An estimate past the threshold without that support is
 **inconclusive** (too few images to tell); an interval entirely below minus
 the threshold is **improved**. Only regressions fail a comparison.
+
+No verdict is given where the data cannot carry one (the statistics' verdict
+is kept in ``Delta.verdict``, the reason in ``Delta.detail``; neither fails a
+comparison):
+
+- **not enough samples**: a percentile metric (e2e p95) of a cell with fewer
+  images in either run than MLPerf LoadGen's early stopping needs for any
+  claim on that percentile at 99% confidence (130 for p95; see
+  :func:`hilbed.analysis.stats.early_stop_min_n`);
+- **not trustworthy**: either run timed on an overloaded host (1-minute load
+  average above the CPU count, from the manifest's host facts), or the cell's
+  condition was not applied as asked in either run.
 """
 
 from __future__ import annotations
@@ -36,7 +48,8 @@ import pandas as pd
 
 from .load import load_manifest, load_run, scenario_of
 from .metrics import GROUP, _flag, _num, with_latency
-from .stats import bootstrap_ratio_pct, newcombe_diff, paired_diff
+from .runlog import overload_text, overloads, unapplied
+from .stats import EARLY_STOP_CONFIDENCE, bootstrap_ratio_pct, early_stop_min_n, newcombe_diff, paired_diff
 
 DEFAULT_THRESHOLDS = {"top1_drop_points": 1.0, "p95_latency_increase_pct": 10.0, "miss_rate_increase_points": 2.0}
 METRICS = {  # name -> (what, unit)
@@ -44,7 +57,11 @@ METRICS = {  # name -> (what, unit)
     "p95_latency_increase_pct": ("e2e p95 increase", "%"),
     "miss_rate_increase_points": ("miss-rate increase", "points"),
 }
+#: metric -> the percentile it compares (these need enough images for an early-stopping claim)
+PERCENTILE_METRICS = {"p95_latency_increase_pct": 0.95}
 RULES = ("ci", "significant")
+NOT_ENOUGH = "not enough samples"
+UNTRUSTED = "not trustworthy"
 PAIR_KEY = ["client", "image_index", "repetition"]
 
 
@@ -62,6 +79,16 @@ class Delta:
     method: str
     n_base: int
     n_run: int
+    verdict: str = ""   # what the statistics alone say (regression | inconclusive | improved | ok | n/a)
+    detail: str = ""    # why ``status`` differs from ``verdict``
+
+    def status_text(self) -> str:
+        """'not enough samples (n=30, need 130)', 'not trustworthy: host overloaded (regression)', 'ok'."""
+        if self.status == NOT_ENOUGH:
+            return f"{NOT_ENOUGH} ({self.detail})"
+        if self.status == UNTRUSTED:
+            return f"{UNTRUSTED}: {self.detail}" + (f" (would be: {self.verdict})" if self.verdict else "")
+        return self.status
 
 
 @dataclass
@@ -75,6 +102,7 @@ class Comparison:
     deltas: list[Delta] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def regressions(self) -> list[Delta]:
@@ -85,8 +113,24 @@ class Comparison:
         return [d for d in self.deltas if d.status == "inconclusive"]
 
     @property
+    def not_enough_samples(self) -> list[Delta]:
+        return [d for d in self.deltas if d.status == NOT_ENOUGH]
+
+    @property
+    def untrustworthy(self) -> list[Delta]:
+        return [d for d in self.deltas if d.status == UNTRUSTED]
+
+    @property
     def failed(self) -> bool:
         return bool(self.regressions)
+
+    def verdict_text(self) -> str:
+        """'2 regression(s), 1 inconclusive, 3 not enough samples' or 'no regression, ...'."""
+        head = f"{len(self.regressions)} regression(s)" if self.failed else "no regression"
+        extra = [f"{len(xs)} {what}" for xs, what in ((self.inconclusive, "inconclusive"),
+                                                      (self.not_enough_samples, NOT_ENOUGH),
+                                                      (self.untrustworthy, UNTRUSTED)) if xs]
+        return head + (f" ({', '.join(extra)})" if extra else "")
 
     def to_frame(self) -> pd.DataFrame:
         rows = []
@@ -95,26 +139,29 @@ class Comparison:
             r.update(r.pop("cell"))
             rows.append(r)
         cols = [*self.by, "metric", "base", "run", "change", "lo", "hi", "threshold", "status", "method",
-                "n_base", "n_run"]
+                "n_base", "n_run", "verdict", "detail"]
         return pd.DataFrame(rows, columns=cols)
 
     def to_dict(self) -> dict:
         return {"base": self.base_id, "run": self.run_id, "thresholds": self.thresholds, "rule": self.rule,
                 "interval_level": self.level,
                 "regressions": len(self.regressions), "inconclusive": len(self.inconclusive),
-                "missing": self.missing, "notes": self.notes,
+                "not_enough_samples": len(self.not_enough_samples), "not_trustworthy": len(self.untrustworthy),
+                "warnings": self.warnings, "missing": self.missing,
+                "notes": [n for n in self.notes if n not in self.warnings],
                 "deltas": [{**asdict(d)} for d in self.deltas]}
 
     def to_markdown(self) -> str:
         head = (f"**hilbed compare**: `{self.run_id}` against base `{self.base_id}` (rule: {self.rule}; "
                 f"intervals at {100 * self.level:.4g}%)")
         cols = [*self.by, "metric", "base", "run", "change [CI]", "threshold", "status"]
-        lines = [head, "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        warn = [f"> **Warning**: {w}" for w in self.warnings]
+        lines = [head, ""] + (warn + [""] if warn else []) + ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         for d in self.deltas:
             lines.append("| " + " | ".join([*(str(d.cell[b]) for b in self.by), *fmt_delta(d)]) + " |")
-        tail = [f"- {m}" for m in self.missing + self.notes]
-        verdict = (f"**{len(self.regressions)} regression(s)**" if self.failed else "no regression") + \
-            (f", {len(self.inconclusive)} inconclusive" if self.inconclusive else "")
+        tail = [f"- {m}" for m in self.missing + [n for n in self.notes if n not in self.warnings]]
+        verdict = self.verdict_text()
+        verdict = f"**{verdict}**" if self.failed else verdict
         return "\n".join(lines + [""] + tail + ([""] if tail else []) + [verdict]) + "\n"
 
 
@@ -130,7 +177,7 @@ def fmt_delta(d: Delta) -> list[str]:
     else:
         base, run = f"{_v(100 * d.base)}%", f"{_v(100 * d.run)}%"
     change = f"{d.change:+.1f} [{d.lo:+.1f}, {d.hi:+.1f}] {unit}" if d.change == d.change else "-"
-    return [what, base, run, change, f"{d.threshold:g} {unit}", d.status]
+    return [what, base, run, change, f"{d.threshold:g} {unit}", d.status_text()]
 
 
 def thresholds_for(run_manifest: dict, base_manifest: dict, overrides: dict | None = None) -> dict:
@@ -222,19 +269,71 @@ def compare_frames(base: pd.DataFrame, run: pd.DataFrame, thresholds: dict | Non
             xb = _flag(pb["correct1"]) if col == "correct1" else ~_flag(pb["deadline_met"])
             xr = _flag(pr["correct1"]) if col == "correct1" else ~_flag(pr["deadline_met"])
             d, lo, hi, method = _proportion_delta(xb, xr, pair is not None, sign, z)
+            st = _status(d, lo, hi, th[metric], rule)
             out.deltas.append(Delta(cell, metric, float(xb.mean()), float(xr.mean()), d, lo, hi, th[metric],
-                                    _status(d, lo, hi, th[metric], rule), method, len(b), len(r)))
+                                    st, method, len(b), len(r), verdict=st))
         eb, er = _num(b["e2e_ms"]), _num(r["e2e_ms"])
         d, lo, hi = bootstrap_ratio_pct(eb, er, 95.0, n_boot=n_boot, level=level, seed=seed)
         m = "p95_latency_increase_pct"
         pb95 = float(np.percentile(eb[~np.isnan(eb)], 95)) if (~np.isnan(eb)).any() else math.nan
         pr95 = float(np.percentile(er[~np.isnan(er)], 95)) if (~np.isnan(er)).any() else math.nan
-        out.deltas.append(Delta(cell, m, pb95, pr95, d, lo, hi, th[m], _status(d, lo, hi, th[m], rule),
-                                f"bootstrap ({n_boot})", int((~np.isnan(eb)).sum()), int((~np.isnan(er)).sum())))
+        st = _status(d, lo, hi, th[m], rule)
+        delta = Delta(cell, m, pb95, pr95, d, lo, hi, th[m], st, f"bootstrap ({n_boot})",
+                      int((~np.isnan(eb)).sum()), int((~np.isnan(er)).sum()), verdict=st)
+        need = early_stop_min_n(PERCENTILE_METRICS[m], EARLY_STOP_CONFIDENCE)
+        if min(len(b), len(r)) < need:  # images, replied or not: a lost reply is a slow one, not a missing one
+            delta.status = NOT_ENOUGH
+            delta.detail = (f"n={len(b)}, need {need}" if len(b) == len(r)
+                            else f"n={len(b)} base / {len(r)} run, need {need}")
+        out.deltas.append(delta)
     if out.inconclusive:
         out.notes.append(f"{len(out.inconclusive)} change(s) past a threshold are not supported by the sample size "
                          "(inconclusive): more images per cell would tell")
+    if out.not_enough_samples:
+        need = sorted({early_stop_min_n(PERCENTILE_METRICS[d.metric]) for d in out.not_enough_samples})
+        out.notes.append(f"{len(out.not_enough_samples)} percentile comparison(s) have too few images for any "
+                         f"claim on that percentile at {100 * EARLY_STOP_CONFIDENCE:g}% confidence (MLPerf LoadGen "
+                         f"early stopping: at least {', '.join(map(str, need))} per cell in each run): no verdict")
     return out
+
+
+def distrust(cmp: Comparison, reason: str, cells=None) -> int:
+    """Withdraw the verdicts of ``cells`` (a predicate on Delta.cell; all when None): status 'not trustworthy'.
+
+    Deltas without a verdict (n/a, not enough samples) keep their status.
+    Returns how many were marked.
+    """
+    k = 0
+    for d in cmp.deltas:
+        if d.status in ("n/a", NOT_ENOUGH) or (cells is not None and not cells(d.cell)):
+            continue
+        if d.status == UNTRUSTED:
+            d.detail += f"; {reason}"
+        else:
+            d.status, d.detail = UNTRUSTED, reason
+        k += 1
+    return k
+
+
+def _trust(cmp: Comparison, bm: dict, rm: dict) -> None:
+    """Overloaded hosts and conditions not applied as asked withdraw verdicts, with a warning."""
+    for role, m in (("base", bm), ("run", rm)):
+        hs = overloads(m)
+        if hs:
+            run = m.get("run_id", role)
+            cmp.warnings.append(f"{role} {run} timed on an overloaded host: " + "; ".join(map(overload_text, hs))
+                                + ". Its latencies and misses may reflect the host; verdicts are withheld")
+            distrust(cmp, f"host overloaded ({role})")
+    if "condition" in cmp.by:
+        for role, m in (("base", bm), ("run", rm)):
+            for u in unapplied(m):
+                n = distrust(cmp, f"condition {u.condition} not applied as asked ({role}: {u.what})",
+                             lambda c, cond=u.condition: str(c.get("condition")) == cond)
+                if n:
+                    cmp.warnings.append(f"{role} {m.get('run_id', role)}: condition '{u.condition}' was not applied "
+                                        f"as asked ({u.what}: asked {u.asked}, measured {u.measured}); its cells get "
+                                        "no verdict")
+    cmp.notes[:0] = cmp.warnings
 
 
 def compare_runs(base_dir: str | Path, run_dir: str | Path, overrides: dict | None = None, *, rule: str = "ci",
@@ -252,4 +351,5 @@ def compare_runs(base_dir: str | Path, run_dir: str | Path, overrides: dict | No
     bg, rg = (bm.get("git") or {}).get("sha"), (rm.get("git") or {}).get("sha")
     if bg and rg and bg != rg:
         cmp.notes.append(f"git: base {bg[:12]}, run {rg[:12]}")
+    _trust(cmp, bm, rm)
     return cmp

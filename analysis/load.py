@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from hilbed.nodes.record import FIELDS as RECORD_FIELDS
 
 from .schema import FIELDS, SCHEMA
 
@@ -26,24 +29,124 @@ class NotARunDir(ValueError):
     """The path has neither manifest.json nor trials.jsonl."""
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Records of a JSONL file in file order; a torn or non-object line is skipped."""
-    out = []
+#: the keys that identify a record
+KEY_FIELDS = ("trial_id", "client", "image_index")
+
+
+def _int_ok(v, bits: int) -> bool:
+    return type(v) is int and -(1 << (bits - 1)) <= v < (1 << (bits - 1))
+
+
+_TYPE_OK = {
+    "string": lambda v: isinstance(v, str),
+    "float64": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "int32": lambda v: _int_ok(v, 32),
+    "int64": lambda v: _int_ok(v, 64),
+    "bool": lambda v: isinstance(v, bool),
+    "list<int32>": lambda v: isinstance(v, list) and all(_int_ok(x, 32) for x in v),
+}
+_FIELD_OK = [(name, _TYPE_OK[t]) for name, (t, _) in RECORD_FIELDS.items() if t in _TYPE_OK]
+
+
+def record_problem(rec) -> str | None:
+    """Why ``rec`` cannot be a row (None when it can): the same rule as the run store's.
+
+    An object with a non-empty ``trial_id`` and ``client``, a non-negative integer ``image_index``, and
+    every contract field it has null or of the contract's type (else the Arrow table cannot be built).
+    """
+    if not isinstance(rec, dict):
+        return f"not a record (a JSON {type(rec).__name__})"
+    for k in KEY_FIELDS:
+        if rec.get(k) is None:
+            return f"not a record (no {k})"
+    if not isinstance(rec["trial_id"], str) or not rec["trial_id"]:
+        return "not a record (trial_id is not a string)"
+    if not isinstance(rec["client"], str) or not rec["client"]:
+        return "not a record (client is not a string)"
+    if not _int_ok(rec["image_index"], 64) or rec["image_index"] < 0:
+        return "not a record (image_index is not a non-negative integer)"
+    for name, ok in _FIELD_OK:
+        v = rec.get(name)
+        if v is not None and not ok(v):
+            return f"bad type of {name} ({type(v).__name__}, the contract says {RECORD_FIELDS[name][0]})"
+    return None
+
+
+def _object_problem(obj) -> str | None:
+    return None if isinstance(obj, dict) else f"not an object (a JSON {type(obj).__name__})"
+
+
+def read_jsonl(path: str | Path, *, check: Callable[[object], str | None] | None = None,
+               skipped: list[tuple[int, str]] | None = None) -> list[dict]:
+    """The objects of a JSONL file in file order. A line that is not UTF-8, not JSON, not an object, or
+    that ``check`` finds a problem with is skipped; ``skipped`` (when given) receives (line number, reason)
+    for each, so a caller can report damage instead of hiding it. A torn final line is one of them."""
+    out: list[dict] = []
     path = Path(path)
-    if not path.exists():
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
         return out
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
+    problem = check or _object_problem
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                why = f"not UTF-8 (byte {exc.start + 1})"
             except ValueError:
-                continue  # torn final line of a killed run
-            if isinstance(rec, dict):
-                out.append(rec)
+                why = "not JSON" if raw.endswith(b"\n") else "torn final line (no newline)"
+            else:
+                why = _object_problem(rec) or problem(rec)
+                if why is None:
+                    out.append(rec)
+                    continue
+            if skipped is not None:
+                skipped.append((lineno, why))
     return out
+
+
+def read_records(path: str | Path, skipped: list[tuple[int, str]] | None = None) -> list[dict]:
+    """The usable records of a trials.jsonl (see :func:`record_problem`); damaged lines go to ``skipped``."""
+    return read_jsonl(path, check=record_problem, skipped=skipped)
+
+
+def jsonl_damage(path: str | Path, records: bool = True) -> dict:
+    """What reading a JSONL file skips, for reports: ``{"file", "skipped", "skipped_lines", "reasons",
+    "torn_tail"}`` (``reasons``: line number -> why). ``records``: judge lines as trial records."""
+    skipped: list[tuple[int, str]] = []
+    read_jsonl(path, check=record_problem if records else None, skipped=skipped)
+    last = skipped[-1][1] if skipped else ""
+    return {"file": Path(path).name, "skipped": len(skipped), "skipped_lines": [n for n, _ in skipped],
+            "reasons": {n: why for n, why in skipped}, "torn_tail": last.startswith("torn final line")}
+
+
+def run_damage(run_dir: str | Path) -> dict:
+    """Damage in a run directory's files: ``{"trials.jsonl": {...}, "events.jsonl": {...},
+    "results.parquet": "why it is unreadable"}``, listing only damaged ones ({} when all is well; a torn
+    final line of trials.jsonl alone is a killed run, not damage, and is not listed)."""
+    run_dir = Path(run_dir)
+    out: dict = {}
+    for name, recs in (("trials.jsonl", True), ("events.jsonl", False)):
+        d = jsonl_damage(run_dir / name, records=recs)
+        if d["skipped"] > (1 if d["torn_tail"] else 0):
+            out[name] = d
+    pqf = run_dir / "results.parquet"
+    if pqf.exists():
+        why = _parquet_problem(pqf)
+        if why:
+            out["results.parquet"] = why
+    return out
+
+
+def _parquet_problem(path: Path) -> str | None:
+    try:
+        pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        return f"unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    return None
 
 
 def dedup(records: list[dict]) -> list[dict]:
@@ -96,8 +199,14 @@ def load_table(run_dir: str | Path) -> pa.Table:
     pqf = run_dir / "results.parquet"
     jl = run_dir / "trials.jsonl"
     if pqf.exists() and (not jl.exists() or pqf.stat().st_mtime >= jl.stat().st_mtime):
-        return conform(pq.read_table(pqf))
-    return records_to_table(dedup(read_jsonl(jl)))
+        try:
+            return conform(pq.read_table(pqf))
+        except (OSError, pa.ArrowException):
+            if not jl.exists():  # nothing to fall back on
+                raise NotARunDir(f"{pqf}: {_parquet_problem(pqf)} and there is no trials.jsonl to rebuild it from") \
+                    from None
+            # a damaged parquet (a copy cut short): the records it was built from are still in trials.jsonl
+    return records_to_table(dedup(read_records(jl)))
 
 
 def load_run(run_dir: str | Path) -> pd.DataFrame:

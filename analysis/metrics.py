@@ -7,13 +7,14 @@ the images that got a reply; proportions carry a Wilson 95% interval.
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pandas as pd
 
-from .schema import LATENCY_COMPONENTS
-from .stats import wilson
+from .schema import E2E, LATENCY_COMPONENTS, LATENCY_PARTS
+from .stats import EARLY_STOP_CONFIDENCE, binom_upper, early_stop_claim, wilson
 
 GROUP = ["codec_label", "condition"]
 
@@ -39,7 +40,14 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "e2e_p95_ms": "95th percentile end-to-end latency, ms",
     "e2e_p10_ms": "10th percentile end-to-end latency, ms",
     "e2e_p90_ms": "90th percentile end-to-end latency, ms",
-    "<component>_p50_ms": "median of a latency component (encode, transmit, decode, infer, return), ms",
+    "e2e_p99_ms": "99th percentile end-to-end latency, ms",
+    "e2e_p90_claim_ms": "the p90 of e2e latency is at most this at 99% confidence (MLPerf LoadGen early stopping: an "
+                        "order statistic; images without a reply count as infinitely late); null: too few images",
+    "e2e_p95_claim_ms": "as e2e_p90_claim_ms for the p95",
+    "e2e_p99_claim_ms": "as e2e_p90_claim_ms for the p99",
+    "miss_claim_max": "the miss rate is at most this at 99% confidence (one-sided binomial bound, the test of "
+                      "LoadGen's early stopping)",
+    "<component>_p50_ms": "median of a latency component (wait, encode, queue, transmit, decode, infer, return), ms",
     "<component>_p95_ms": "95th percentile of a latency component, ms",
     "deadline_ms": "the group's deadline (median if it mixes several), ms",
     "jammer_load_mean": "mean measured jammer load, fraction of air time 0..1 (null: not measured)",
@@ -54,23 +62,35 @@ def _ms(d: pd.DataFrame, a: str, b: str) -> pd.Series:
     return diff.astype("float64") / 1e6
 
 
-def with_latency(df: pd.DataFrame) -> pd.DataFrame:
-    """Add latency columns in ms; the five components add up to ``e2e_ms``.
+#: percentiles with an early-stopping claim in the summary
+CLAIM_PERCENTILES = (90, 95, 99)
 
-    encode = arrival -> encode end (includes waiting when the client lags),
-    transmit = encode end -> edge closes the message (queue + transmit +
-    propagation, up to END or the deadline), decode, infer, return.
+
+def _ns(d: pd.DataFrame, a: str, b: str) -> pd.Series:
+    """(b - a) in ns as exact nullable integers."""
+    return d[b].astype("Int64") - d[a].astype("Int64")
+
+
+def latency_parts_ns(df: pd.DataFrame) -> pd.DataFrame:
+    """The latency parts and e2e in integer nanoseconds (``<part>_ns``); per record they sum to ``e2e_ns``."""
+    out = {f"{name}_ns": _ns(df, a, b) for name, (a, b, _) in LATENCY_PARTS.items()}
+    out["e2e_ns"] = _ns(df, *E2E)
+    return pd.DataFrame(out, index=df.index)
+
+
+def with_latency(df: pd.DataFrame) -> pd.DataFrame:
+    """Add latency columns in ms: the parts of :data:`~hilbed.analysis.schema.LATENCY_PARTS` and ``e2e_ms``.
+
+    wait (arrival -> encoding starts: the client still busy with earlier
+    images), encode (the codec alone), queue (encoded -> the link takes the
+    first byte), transmit (on the link, up to END or the deadline), decode,
+    infer, return. They chain, so they add up to e2e per record; differences
+    are taken on exact integers, then converted.
     """
     d = df.copy()
-    d["encode_ms"] = _ms(d, "t_arrival_ns", "t_encode_end_ns")
-    d["transmit_ms"] = _ms(d, "t_encode_end_ns", "t_edge_close_ns")
-    d["decode_ms"] = _ms(d, "t_edge_close_ns", "t_decode_end_ns")
-    d["infer_ms"] = _ms(d, "t_decode_end_ns", "t_infer_end_ns")
-    d["return_ms"] = _ms(d, "t_infer_end_ns", "t_result_ns")
-    d["e2e_ms"] = _ms(d, "t_arrival_ns", "t_result_ns")
-    d["queue_ms"] = _ms(d, "t_encode_end_ns", "t_tx_start_ns")
-    d["link_ms"] = _ms(d, "t_tx_start_ns", "t_edge_close_ns")
-    d["encode_only_ms"] = _ms(d, "t_encode_start_ns", "t_encode_end_ns")
+    ns = latency_parts_ns(df)
+    for col in ns.columns:
+        d[col[:-3] + "_ms"] = ns[col].astype("float64") / 1e6
     return d
 
 
@@ -103,7 +123,7 @@ def group_row(g: pd.DataFrame) -> dict:
     lo5, hi5 = wilson(k5, n)
     mlo, mhi = wilson(miss, n)
     bt, bd = _num(g["bytes_total"]), _num(g["bytes_delivered"])
-    link_s = _num(g["link_ms"]) / 1e3
+    link_s = _num(g["transmit_ms"]) / 1e3
     ok = ~np.isnan(bd) & ~np.isnan(link_s) & (link_s > 0)
     e2e = _num(g["e2e_ms"])
     row = {
@@ -117,8 +137,12 @@ def group_row(g: pd.DataFrame) -> dict:
         "delivered_frac": float(np.nansum(bd) / np.nansum(bt)) if np.nansum(bt) > 0 else math.nan,
         "goodput_kbps": float(bd[ok].sum() * 8 / link_s[ok].sum() / 1e3) if ok.any() else math.nan,
         "e2e_p10_ms": _pct(e2e, 10), "e2e_p50_ms": _pct(e2e, 50), "e2e_p90_ms": _pct(e2e, 90),
-        "e2e_p95_ms": _pct(e2e, 95),
+        "e2e_p95_ms": _pct(e2e, 95), "e2e_p99_ms": _pct(e2e, 99),
     }
+    for q in CLAIM_PERCENTILES:
+        c = early_stop_claim(e2e, q / 100)
+        row[f"e2e_p{q}_claim_ms"] = c.bound if c.claimable else math.nan
+    row["miss_claim_max"] = binom_upper(miss, n, EARLY_STOP_CONFIDENCE)
     for c in LATENCY_COMPONENTS:
         v = _num(g[f"{c}_ms"])
         row[f"{c}_p50_ms"] = _pct(v, 50)
@@ -155,7 +179,7 @@ def summary(df: pd.DataFrame, by: list[str] | str | None = None) -> pd.DataFrame
 
 def latency_table(df: pd.DataFrame, by: list[str] | None = None,
                   quantiles: tuple[float, ...] = (10, 50, 90, 95, 99)) -> pd.DataFrame:
-    """Long table: one row per group x component (the five plus e2e) with n and percentiles in ms."""
+    """Long table: one row per group x component (the parts plus e2e) with n and percentiles in ms."""
     by = list(by or GROUP)
     d = df if "e2e_ms" in df.columns else with_latency(df)
     rows = []
@@ -190,3 +214,63 @@ def throughput_series(df: pd.DataFrame, bin_s: float = 0.5, t0_ns: int | None = 
     frac = overlap / (end - start)[:, None]
     bits = (frac * b[:, None]).sum(axis=0) * 8
     return pd.DataFrame({"t_s": lo, "kbps": bits / bin_s / 1e3})
+
+
+#: the JPEG quality the encode-overhead table compares other codecs with (Pillow's default)
+REFERENCE_JPEG_QUALITY = 75
+
+
+def _quality(params) -> float:
+    try:
+        q = json.loads(params).get("quality") if isinstance(params, str) else None
+        return float(q) if q is not None else math.nan
+    except (ValueError, AttributeError, TypeError):
+        return math.nan
+
+
+def reference_jpeg(df: pd.DataFrame, quality: float = REFERENCE_JPEG_QUALITY) -> str | None:
+    """The plain-JPEG variant to compare codecs with: quality ``quality``, else the nearest (ties: the higher)."""
+    if len(df) == 0:
+        return None
+    j = df[df["codec"].astype(str) == "jpeg"][["codec_label", "codec_params"]].drop_duplicates("codec_label")
+    best = None
+    for label, params in j.itertuples(index=False, name=None):
+        q = _quality(params)
+        if q != q:
+            continue
+        key = (abs(q - quality), -q)
+        if best is None or key < best[0]:
+            best = (key, str(label))
+    return best[1] if best else None
+
+
+def encode_overhead(df: pd.DataFrame, quality: float = REFERENCE_JPEG_QUALITY) -> tuple[pd.DataFrame, str | None]:
+    """Per codec variant over all its records: the codec's own encode time, the client's waiting, bytes.
+
+    Like the PNC paper's overhead table: what a codec costs on the client,
+    apart from the link. ``*_vs_ref`` divide by the reference JPEG variant
+    (:func:`reference_jpeg`); they are null without one. Returns (table, reference label).
+    """
+    cols = ["codec_label", "codec", "n", "encode_p50_ms", "encode_p95_ms", "encode_mean_ms", "wait_p50_ms",
+            "wait_p95_ms", "queue_p50_ms", "bytes_mean", "encode_vs_ref", "bytes_vs_ref"]
+    if len(df) == 0:
+        return pd.DataFrame(columns=cols), None
+    d = df if "encode_ms" in df.columns else with_latency(df)
+    rows = []
+    for label, g in d.groupby("codec_label", sort=False, dropna=False):
+        enc, wait, queue = _num(g["encode_ms"]), _num(g["wait_ms"]), _num(g["queue_ms"])
+        rows.append({"codec_label": label, "codec": g["codec"].iloc[0], "n": int((~np.isnan(enc)).sum()),
+                     "encode_p50_ms": _pct(enc, 50), "encode_p95_ms": _pct(enc, 95), "encode_mean_ms": _mean(enc),
+                     "wait_p50_ms": _pct(wait, 50), "wait_p95_ms": _pct(wait, 95), "queue_p50_ms": _pct(queue, 50),
+                     "bytes_mean": _mean(_num(g["bytes_total"]))})
+    t = pd.DataFrame(rows, columns=cols[:-2])
+    ref = reference_jpeg(d, quality)
+    if ref is not None:
+        r = t[t["codec_label"].astype(str) == ref].iloc[0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t["encode_vs_ref"] = t["encode_p50_ms"] / r["encode_p50_ms"] if r["encode_p50_ms"] > 0 else math.nan
+            t["bytes_vs_ref"] = t["bytes_mean"] / r["bytes_mean"] if r["bytes_mean"] > 0 else math.nan
+    else:
+        t["encode_vs_ref"] = math.nan
+        t["bytes_vs_ref"] = math.nan
+    return t, ref

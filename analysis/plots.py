@@ -23,7 +23,8 @@ import pandas as pd  # noqa: E402
 
 from .metrics import _flag, _num, summary, throughput_series  # noqa: E402
 from .schema import LATENCY_COMPONENTS  # noqa: E402
-from .styles import COMPONENT_COLOURS, StyleRegistry, codec_style  # noqa: E402,F401
+from .runlog import EVENT_STYLE, RunMark, run_marks, unapplied  # noqa: E402
+from .styles import COMPONENT_COLOURS, COMPONENT_HATCH, StyleRegistry, codec_style  # noqa: E402,F401
 
 JAMMING_ORDER = ("none", "light", "medium", "heavy")
 #: condition fields other than jamming / deadline that make a distinct link setup
@@ -126,7 +127,7 @@ def _codec_order(df: pd.DataFrame) -> list[str]:
 # ------------------------------------------------------------- breakdown ---
 
 def latency_breakdown(df: pd.DataFrame, out: Path, styles: StyleRegistry) -> Figure:
-    """Stacked medians of the five components per codec x condition; e2e p50 marker and p10-p90 whisker."""
+    """Stacked medians of the latency parts per codec x condition; e2e p50 marker and p10-p90 whisker."""
     d = df.dropna(subset=["e2e_ms"])
     if len(d) == 0:
         raise SkipPlot("no image got a reply, so there is no latency to break down")
@@ -138,7 +139,7 @@ def latency_breakdown(df: pd.DataFrame, out: Path, styles: StyleRegistry) -> Fig
     for comp in LATENCY_COMPONENTS:
         vals = np.nan_to_num(summ[f"{comp}_p50_ms"].to_numpy(dtype=float))
         ax.bar(x, vals, bottom=bottom, color=COMPONENT_COLOURS[comp], label=f"{comp} (p50)", width=0.72,
-               edgecolor="white", linewidth=0.4)
+               edgecolor="white", linewidth=0.4, hatch=COMPONENT_HATCH.get(comp))
         bottom += vals
     p50 = summ["e2e_p50_ms"].to_numpy(dtype=float)
     lo = np.clip(p50 - summ["e2e_p10_ms"].to_numpy(dtype=float), 0, None)
@@ -148,6 +149,7 @@ def latency_breakdown(df: pd.DataFrame, out: Path, styles: StyleRegistry) -> Fig
     conds = summ["condition"].astype(str).to_numpy()
     starts = [i for i in range(n) if i == 0 or conds[i] != conds[i - 1]]
     ymax = float(np.nanmax(np.concatenate([bottom, p50 + hi]))) if n else 1.0
+    top = ymax
     for k, s in enumerate(starts):
         e = starts[k + 1] if k + 1 < len(starts) else n
         if s > 0:
@@ -158,7 +160,8 @@ def latency_breakdown(df: pd.DataFrame, out: Path, styles: StyleRegistry) -> Fig
         if dl == dl and dl <= ymax * 1.5:
             ax.hlines(dl, s - 0.45, e - 0.55, colors="#c00", linestyles="dashed", lw=1,
                       label="deadline" if k == 0 else None)
-    ax.set_ylim(0, max(ymax * 1.08, 1e-3))
+            top = max(top, dl)  # a drawn deadline stays in view
+    ax.set_ylim(0, max(top * 1.08, 1e-3))
     ax.set_xticks(x)
     ax.set_xticklabels(summ["codec_label"].astype(str), rotation=50, ha="right", fontsize=8)
     for t, lb in zip(ax.get_xticklabels(), summ["codec_label"].astype(str)):
@@ -168,9 +171,11 @@ def latency_breakdown(df: pd.DataFrame, out: Path, styles: StyleRegistry) -> Fig
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return Figure("latency_breakdown", "Latency breakdown",
-                  "Stacked bars: median of each latency component (encode, transmit = queue + transmit, decode, "
-                  "infer, return) per codec and condition; black diamond and whisker: end-to-end median and "
-                  "p10-p90 spread (medians of components need not add up to the e2e median); red dashes: deadline.",
+                  "Stacked bars: median of each latency part per codec and condition: wait (hatched: the client "
+                  "still busy with earlier images), encode (the codec alone), queue (hatched: encoded, waiting for "
+                  "the link), transmit (on the link up to END or the deadline), decode, infer, return. Per image "
+                  "the parts add up to its end-to-end latency; black diamond and whisker: end-to-end median and "
+                  "p10-p90 spread (medians of parts need not add up to the e2e median); red dashes: deadline.",
                   _save(fig, out, "latency_breakdown"))
 
 
@@ -393,11 +398,51 @@ def _run_dir_for(run: str, manifest: dict, run_dirs) -> Path | None:
     return None
 
 
-def _timeline_axes(d: pd.DataFrame, styles: StyleRegistry, run_dir: Path | None, title: str, zoom: bool):
-    """The two panels; also the notes on what could not be drawn."""
+def _period_s(d: pd.DataFrame) -> float:
+    return float(np.nanmedian(_num(d["period_ms"]))) / 1e3 if d["period_ms"].notna().any() else 0.1
+
+
+def visible_marks(d: pd.DataFrame, marks: list[RunMark], spans=()) -> tuple[list[RunMark], list]:
+    """The events and not-applied spans that fall within the records' time range (one period either side)."""
+    if len(d) == 0:
+        return [], []
+    period = _period_s(d)
+    lo = int(pd.to_numeric(d["t_arrival_ns"]).min()) - int(period * 1e9)
+    hi = int(pd.to_numeric(d["t_arrival_ns"]).max()) + 2 * int(period * 1e9)
+    ms = [m for m in marks if m.t_ns is not None and lo <= m.t_ns <= hi]
+    sp = [u for u in spans if u.t_start_ns is not None and u.t_end_ns is not None
+          and u.t_start_ns <= hi and u.t_end_ns >= lo]
+    return ms, sp
+
+
+def _draw_marks(ax1, ax2, t0: int, marks: list[RunMark], spans) -> None:
+    """Events as dash-dot verticals (one colour per kind), not-applied spans as red hatched bands."""
+    seen: set[str] = set()
+    for u in spans:
+        a, b = (u.t_start_ns - t0) / 1e9, (u.t_end_ns - t0) / 1e9
+        for ax in (ax1, ax2):
+            ax.axvspan(a, b, facecolor="#d62728", alpha=0.12, hatch="xx", edgecolor="#d62728", lw=0, zorder=0.5,
+                       label="not applied as asked" if ax is ax2 and "span" not in seen else None)
+        seen.add("span")
+    for m in marks:
+        x = (m.t_ns - t0) / 1e9
+        label, colour = EVENT_STYLE[m.category]
+        for ax in (ax1, ax2):
+            ax.axvline(x, color=colour, lw=1.4, ls="-.", zorder=4,
+                       label=label if ax is ax2 and m.category not in seen else None)
+        seen.add(m.category)
+
+
+def _timeline_axes(d: pd.DataFrame, styles: StyleRegistry, run_dir: Path | None, title: str, zoom: bool,
+                   marks: list[RunMark] | None = None, spans=()):
+    """The two panels; also the notes on what could not be drawn.
+
+    ``marks`` (incidents, reconnects, watchdog stops, resumes) and ``spans``
+    (conditions not applied as asked) are drawn where they fall in time.
+    """
     t0 = int(pd.to_numeric(d["t_arrival_ns"]).min())
     arr = _num(d["t_arrival_ns"].astype("Int64") - t0) / 1e9
-    period = float(np.nanmedian(_num(d["period_ms"]))) / 1e3 if d["period_ms"].notna().any() else 0.1
+    period = _period_s(d)
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 6.2), sharex=True, gridspec_kw={"height_ratios": [1, 1.25]})
     # capacity per condition segment: the link log the run wrote, else the condition's constant rate
     seg_key = d["trial_id"].astype(str).to_numpy() if zoom else d["condition"].astype(str).to_numpy()
@@ -481,6 +526,8 @@ def _timeline_axes(d: pd.DataFrame, styles: StyleRegistry, run_dir: Path | None,
                 ax2.text(a + width / 2, (g_ if g_ == g_ else 0), f"{n_:.0f}/{c_:.0f}", ha="center", va="bottom",
                          fontsize=6)
     ax2.set_ylim(0, top * 1.15 if top == top and top > 0 else 1)
+    vm, vs = visible_marks(d, marks or [], spans)
+    _draw_marks(ax1, ax2, t0, vm, vs)
     ax2.set_ylabel("bytes per image")
     ax2.set_xlabel("time since the first arrival (s)")
     from matplotlib.patches import Patch
@@ -517,27 +564,57 @@ def _first_run(df: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     return run, d.sort_values("t_arrival_ns", kind="stable")
 
 
+_COLOUR_NAMES = {"#d62728": "red", "#ff7f0e": "orange", "#9467bd": "purple", "#2ca02c": "green",
+                 "#000000": "black", "#7f7f7f": "grey"}
+
+
+def _marks_for(run_dir: Path | None, manifest: dict | None, events: list[dict] | None):
+    """The run's notable events (from ``events`` or the run directory's events.jsonl) and unapplied spans."""
+    if events is None and run_dir is not None:
+        from .load import load_events
+        events = load_events(run_dir)
+    return run_marks(events or []), unapplied(manifest or {})
+
+
+def _marks_caption(d: pd.DataFrame, marks: list[RunMark], spans) -> str:
+    vm, vs = visible_marks(d, marks, spans)
+    parts = []
+    for cat, (label, colour) in EVENT_STYLE.items():
+        n = sum(1 for m in vm if m.category == cat)
+        if n:
+            parts.append(f"{n} {label}{'s' if n > 1 else ''} ({_COLOUR_NAMES.get(colour, colour)})")
+    text = f" Dash-dot lines: {', '.join(parts)} (listed under Run events)." if parts else ""
+    if vs:
+        text += (" Red hatched band: " + ", ".join(f"'{u.condition}' ({u.what})" for u in vs)
+                 + " not applied as asked.")
+    return text
+
+
 def timeline(df: pd.DataFrame, out: Path, styles: StyleRegistry, manifest: dict | None = None,
-             run_dirs: list[str | Path] | None = None) -> Figure:
+             run_dirs: list[str | Path] | None = None, events: list[dict] | None = None) -> Figure:
     """The first run over time: capacity, throughput, jammer load; bytes needed/delivered per image; misses.
 
     The capacity comes from ``run_dirs`` (the run's link logs); without them
     only constant rates are drawn, and the caption says what is missing.
+    Incidents, reconnects, jammer watchdog stops and resumes (``events``, else
+    the run's events.jsonl) and conditions not applied as asked (manifest) are
+    drawn where they happened.
     """
     if len(df) == 0 or df["t_arrival_ns"].notna().sum() == 0:
         raise SkipPlot("no arrival timestamps")
     run, d = _first_run(df)
-    fig, notes = _timeline_axes(d, styles, _run_dir_for(run, manifest or {}, run_dirs), f"Timeline of run {run}",
-                                zoom=False)
+    run_dir = _run_dir_for(run, manifest or {}, run_dirs)
+    marks, spans = _marks_for(run_dir, manifest, events)
+    fig, notes = _timeline_axes(d, styles, run_dir, f"Timeline of run {run}", zoom=False, marks=marks, spans=spans)
     return Figure("timeline", "Timeline of a run", _caption(
         f"Run {run} (client {d['client'].iloc[0]}): top, {CAPACITY_CAPTION}, payload throughput "
         "(red) and jammer load (grey dashes); bottom, per image at its arrival time, the encoded size "
         "(grey, bytes needed) and the bytes delivered by the deadline (codec colour); red triangles mark "
-        "missed deadlines.", notes), _save(fig, out, "timeline"))
+        "missed deadlines." + _marks_caption(d, marks, spans), notes), _save(fig, out, "timeline"))
 
 
 def timeline_trial(df: pd.DataFrame, out: Path, styles: StyleRegistry, manifest: dict | None = None,
-                   run_dirs: list[str | Path] | None = None) -> Figure:
+                   run_dirs: list[str | Path] | None = None, events: list[dict] | None = None) -> Figure:
     """One trial up close (the one with the most misses), PNC style: every deadline marked."""
     if len(df) == 0 or df["t_arrival_ns"].notna().sum() == 0:
         raise SkipPlot("no arrival timestamps")
@@ -546,13 +623,15 @@ def timeline_trial(df: pd.DataFrame, out: Path, styles: StyleRegistry, manifest:
     trial = str(misses.idxmax())
     t = d[d["trial_id"].astype(str) == trial]
     r = t.iloc[0]
-    fig, notes = _timeline_axes(t, styles, _run_dir_for(run, manifest or {}, run_dirs),
-                                f"Trial {trial}: {r['codec_label']} on {r['condition']} "
-                                f"({int(misses.max())} misses)", zoom=True)
+    run_dir = _run_dir_for(run, manifest or {}, run_dirs)
+    marks, spans = _marks_for(run_dir, manifest, events)
+    fig, notes = _timeline_axes(t, styles, run_dir, f"Trial {trial}: {r['codec_label']} on {r['condition']} "
+                                f"({int(misses.max())} misses)", zoom=True, marks=marks, spans=spans)
     return Figure("timeline_trial", "Timeline of one trial", _caption(
         f"Trial {trial} of run {run} ({r['codec_label']}, {r['condition']}), the trial with the most "
         "missed deadlines: as the run timeline, with each image's deadline as a dotted red line and, "
-        "for progressive codecs, the number of chunks delivered.", notes), _save(fig, out, "timeline_trial"))
+        "for progressive codecs, the number of chunks delivered." + _marks_caption(t, marks, spans), notes),
+        _save(fig, out, "timeline_trial"))
 
 
 ALL = (latency_breakdown, accuracy_vs_jamming, accuracy_vs_deadline, rate_accuracy, latency_cdf, miss_heatmap,

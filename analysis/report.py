@@ -3,7 +3,13 @@
 ``index.html`` embeds every figure as a ``data:`` URI and carries its own CSS:
 it opens from a mail attachment or a CI artifact with no network and no
 neighbouring files. The figures are also written next to it (PNG and SVG),
-with ``summary.csv``, ``latency.csv`` and ``summary.md`` (for CI logs).
+with ``summary.csv``, ``latency.csv``, ``encode_overhead.csv`` and
+``summary.md`` (for CI logs).
+
+Facts about a run come from its data, not from what the manifest says about
+it: ``hilbed run`` builds the report before it writes the record count into
+the manifest, so the report counts the records itself. A run whose conditions
+were not all applied as asked opens with a red notice naming them.
 """
 
 from __future__ import annotations
@@ -15,12 +21,16 @@ from pathlib import Path
 
 import jinja2
 import pandas as pd
+import pyarrow as pa
 
 from . import plots
 from .checks import all_warnings
-from .load import load_events, load_manifest, load_runs, scenario_of
-from .metrics import GROUP, latency_table, summary, with_latency
+from .load import load_events, load_manifest, load_runs, load_table, scenario_of, to_pandas
+from .metrics import CLAIM_PERCENTILES, GROUP, encode_overhead, latency_table, summary, with_latency
+from .runlog import (EVENT_STYLE, UNAPPLIED_STATE, host_loads, marks_summary, run_marks, unapplied,
+                     unapplied_text, utc)
 from .schema import LATENCY_COMPONENTS
+from .stats import EARLY_STOP_CONFIDENCE, early_stop_min_n
 from .styles import StyleRegistry
 
 #: (summary column, header) of the main table
@@ -82,7 +92,20 @@ def _nodes_text(m: dict) -> list[str]:
     return out
 
 
-def run_facts(run_dir: Path, m: dict) -> dict:
+def _host_text(m: dict) -> list[str]:
+    """The controller's facts, then each host's load before and after the run (manifest ``host``/``node_hosts``)."""
+    host = m.get("host")
+    if not isinstance(host, dict):
+        return [str(host)] if host else []
+    plain = ", ".join(f"{k} {v}" for k, v in host.items() if k not in ("before", "after"))
+    lines = [plain] if plain else []
+    for h in host_loads(m):
+        lines.append(f"{h.host} {h.when}: {h.describe()}" + ("; OVERLOADED" if h.overloaded else ""))
+    return lines
+
+
+def run_facts(run_dir: Path, m: dict, n_records: int | None = None) -> dict:
+    """Provenance of one run; ``n_records`` is counted from its data (the manifest's count may not exist yet)."""
     git = m.get("git") or {}
     sc = m.get("scenario") or {}
     return {
@@ -93,27 +116,103 @@ def run_facts(run_dir: Path, m: dict) -> dict:
         "git": f"{git.get('sha') or 'unknown'}" + (" (dirty)" if git.get("dirty") else "")
                + (f" on {git['branch']}" if git.get("branch") else ""),
         "started": m.get("started_at"), "finished": m.get("finished_at"), "wall_s": m.get("wall_s"),
-        "records": m.get("records"), "planned": (m.get("plan") or {}).get("images"),
-        "host": ", ".join(f"{k} {v}" for k, v in (m.get("host") or {}).items()),
+        "records": n_records if n_records is not None else m.get("records"),
+        "planned": (m.get("plan") or {}).get("images"), "host": _host_text(m),
         "versions": ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items()),
         "model": json.dumps(m.get("model"), default=str) if m.get("model") else None,
         "clocks": _clock_text(m), "command": " ".join(map(str, m.get("command") or [])),
     }
 
 
-def make_figures(lat: pd.DataFrame, out: Path, manifests: list[dict],
-                 run_dirs: list[Path] | None = None) -> tuple[list[plots.Figure], list[str]]:
-    """Every figure that the data supports; the others as notes 'title: reason'."""
+def make_figures(lat: pd.DataFrame, out: Path, manifests: list[dict], run_dirs: list[Path] | None = None,
+                 events: list[dict] | None = None) -> tuple[list[plots.Figure], list[str]]:
+    """Every figure that the data supports; the others as notes 'title: reason'.
+
+    ``events``: the first run's events.jsonl (the timelines draw its incidents); read from its directory when None.
+    """
     styles = StyleRegistry.from_frame(lat)
     figs, notes = [], []
     for fn in plots.ALL:
-        kw = {"manifest": manifests[0] if manifests else {}, "run_dirs": run_dirs} \
+        kw = {"manifest": manifests[0] if manifests else {}, "run_dirs": run_dirs, "events": events} \
             if fn in (plots.timeline, plots.timeline_trial) else {}
         try:
             figs.append(fn(lat, out, styles, **kw))
         except plots.SkipPlot as exc:
             notes.append(f"{fn.__name__.replace('_', ' ')} skipped: {exc}")
     return figs, notes
+
+
+def load_counted(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[int]]:
+    """All runs' records in one frame, and how many records each directory holds."""
+    tables = [load_table(d) for d in run_dirs]
+    if not tables:
+        return load_runs([]), []
+    return to_pandas(pa.concat_tables(tables)), [t.num_rows for t in tables]
+
+
+def unapplied_notices(manifests: list[dict]) -> list[str]:
+    """One line per condition not applied as asked (the report opens with these, in red)."""
+    out = []
+    for m in manifests:
+        us = unapplied(m)
+        out += [unapplied_text(m, u) for u in us]
+        if not us and m.get("state") == UNAPPLIED_STATE:
+            out.append(f"{m.get('run_id', '?')}: state {UNAPPLIED_STATE}: some condition was not applied as asked "
+                       "(the manifest names none)")
+    return out
+
+
+def _unapplied_conditions(manifests: list[dict]) -> set[str]:
+    return {u.condition for m in manifests for u in unapplied(m)}
+
+
+def claim_rows(summ: pd.DataFrame, by: list[str]) -> tuple[list[str], list[list[str]]]:
+    """The early-stopping claims per group: what the report can claim, or how many images a claim needs."""
+    head = [dict(COLUMNS).get(b, b) for b in by] + ["n", "no reply"] \
+        + [f"e2e p{q} (need {early_stop_min_n(q / 100)})" for q in CLAIM_PERCENTILES] + ["miss rate"]
+    rows = []
+    for _, r in summ.iterrows():
+        n = int(r["n"])
+        cells = []
+        for q in CLAIM_PERCENTILES:
+            v, need = r[f"e2e_p{q}_claim_ms"], early_stop_min_n(q / 100)
+            if v == v and v is not None and math.isinf(v):
+                cells.append("none: too many without a reply")
+            elif v == v and v is not None:
+                cells.append(f"≤ {v:.1f} ms")
+            else:
+                cells.append(f"need {need} (n={n})")
+        rows.append([*(str(r[b]) for b in by), str(n), str(int(r["no_reply"]))] + cells
+                    + [f"≤ {100 * r['miss_claim_max']:.1f}%" if r["miss_claim_max"] == r["miss_claim_max"] else "-"])
+    return head, rows
+
+
+def encode_rows(table: pd.DataFrame, ref: str | None) -> tuple[list[str], list[list[str]]]:
+    head = ["codec", "family", "n", "encode p50 ms", "encode p95 ms", "wait p50 ms", "wait p95 ms", "queue p50 ms",
+            "mean bytes", f"encode vs {ref or 'JPEG'}", f"bytes vs {ref or 'JPEG'}"]
+    rows = []
+    for _, r in table.iterrows():
+        x = lambda v: "-" if v != v else f"{v:.2f}x"  # noqa: E731
+        rows.append([str(r["codec_label"]) + (" (reference)" if str(r["codec_label"]) == ref else ""),
+                     str(r["codec"]), str(int(r["n"])), _f(r["encode_p50_ms"], 2), _f(r["encode_p95_ms"], 2),
+                     _f(r["wait_p50_ms"], 2), _f(r["wait_p95_ms"], 2), _f(r["queue_p50_ms"], 2),
+                     _f(r["bytes_mean"], 0), x(r["encode_vs_ref"]), x(r["bytes_vs_ref"])])
+    return head, rows
+
+
+def event_rows(df: pd.DataFrame, manifests: list[dict], events_per_run: list[list[dict]]) -> list[dict]:
+    """Incidents, reconnects, jammer watchdog stops, resumes and failures of every run, in time order per run."""
+    out = []
+    for m, evs in zip(manifests, events_per_run):
+        run = str(m.get("run_id", "?"))
+        mine = df[df["run_id"].astype(str) == run] if len(df) else df
+        t0 = int(pd.to_numeric(mine["t_arrival_ns"]).min()) if len(mine) and mine["t_arrival_ns"].notna().any() \
+            else None
+        for mk in run_marks(evs, run):
+            rel = f"{(mk.t_ns - t0) / 1e9:+.1f} s" if t0 is not None and mk.t_ns is not None else "-"
+            out.append({"run": run, "time": utc(mk.t_ns), "rel": rel, "what": EVENT_STYLE[mk.category][0],
+                        "colour": EVENT_STYLE[mk.category][1], "nodes": mk.nodes or "-", "text": mk.text})
+    return out
 
 
 def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, by: list[str] | None = None,
@@ -127,35 +226,54 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
     out = Path(out_dir) if out_dir else run_dirs[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
     by = list(by or GROUP)
-    df = load_runs(run_dirs)
+    df, counts = load_counted(run_dirs)
     manifests = [load_manifest(d) for d in run_dirs]
+    events_per_run = [load_events(d) for d in run_dirs]
+    events = [e for evs in events_per_run for e in evs]
     lat = with_latency(df)
     summ = summary(lat, by)
     if not len(lat):
         figs, notes = [], ["no records: no figures"]
     elif figures:
-        figs, notes = make_figures(lat, out, manifests, [Path(d) for d in run_dirs])
+        figs, notes = make_figures(lat, out, manifests, run_dirs, events_per_run[0] if events_per_run else None)
     else:
         figs, notes = [], ["figures not drawn (--no-figures)"]
     summ.to_csv(out / "summary.csv", index=False)
     latency_table(lat, by).to_csv(out / "latency.csv", index=False)
-    events = [e for d in run_dirs for e in load_events(d)]
+    enc, ref = encode_overhead(lat)
+    enc.assign(reference=ref).to_csv(out / "encode_overhead.csv", index=False)
     warnings = all_warnings(lat, summary(lat) if by != GROUP else summ, manifests, events)
-    runs = [run_facts(d, m) for d, m in zip(run_dirs, manifests)]
+    unapplied_lines = unapplied_notices(manifests)
+    runs = [run_facts(d, m, n) for d, m, n in zip(run_dirs, manifests, counts)]
     title = title or ", ".join(dict.fromkeys(r["scenario"] or "?" for r in runs))
     lhead, lrows = latency_rows(summ, by)
+    chead, crows = claim_rows(summ, by)
+    ehead, erows = encode_rows(enc, ref)
+    evrows = event_rows(df, manifests, events_per_run)
+    bad = _unapplied_conditions(manifests) if "condition" in by else set()
+    rows = []
+    for _, r in summ.iterrows():
+        row = fmt_row(r, by)
+        if bad and str(r["condition"]) in bad:
+            row[by.index("condition")] += " †"
+        rows.append(row)
     env = jinja2.Environment(loader=jinja2.PackageLoader("hilbed.analysis", "templates"), autoescape=True)
     html = env.get_template("report.html.j2").render(
-        title=title, runs=runs, n_records=len(df), nby=len(by),
-        columns=headers(by), rows=[fmt_row(r, by) for _, r in summ.iterrows()],
-        lat_columns=lhead, lat_rows=lrows,
+        title=title, runs=runs, n_records=len(df), nby=len(by), unapplied=unapplied_lines,
+        columns=headers(by), rows=rows, lat_columns=lhead, lat_rows=lrows,
+        claim_columns=chead, claim_rows=crows, confidence=f"{100 * EARLY_STOP_CONFIDENCE:g}",
+        tail=f"{100 * (1 - EARLY_STOP_CONFIDENCE):g}",
+        enc_columns=ehead, enc_rows=erows, enc_ref=ref, events=evrows,
+        events_summary=marks_summary([mk for evs in events_per_run for mk in run_marks(evs)]),
         figures=[{"title": f.title, "caption": f.caption, "name": f.name,
                   "src": "data:image/png;base64," + base64.b64encode(f.png.read_bytes()).decode(),
                   "files": [p.name for p in f.paths]} for f in figs],
         notes=notes, warnings=warnings)
     (out / "index.html").write_text(html, encoding="utf-8")
     (out / "summary.md").write_text(markdown_summary(summ, by, warnings=warnings, notes=notes, runs=runs,
-                                                     figures=[f.name for f in figs]), encoding="utf-8")
+                                                     figures=[f.name for f in figs], unapplied=unapplied_lines,
+                                                     claims=(chead, crows), encode=(ehead, erows)),
+                                    encoding="utf-8")
     return out / "index.html"
 
 
@@ -168,15 +286,37 @@ def markdown_table(summ: pd.DataFrame, by: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _md_table(head: list[str], rows: list[list[str]], nleft: int) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < nleft else "---:" for i in range(len(head)))
+             + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
 def markdown_summary(summ: pd.DataFrame, by: list[str] | None = None, *, warnings: list[str] | None = None,
                      notes: list[str] | None = None, runs: list[dict] | None = None,
-                     figures: list[str] | None = None) -> str:
-    """The report in Markdown for CI logs: runs, the summary table, warnings, what figures exist."""
+                     figures: list[str] | None = None, unapplied: list[str] | None = None,
+                     claims: tuple[list[str], list[list[str]]] | None = None,
+                     encode: tuple[list[str], list[list[str]]] | None = None) -> str:
+    """The report in Markdown for CI logs: conditions not applied, runs, the tables, warnings, figures."""
     parts = []
+    if unapplied:
+        parts += ["> [!CAUTION]", "> **Conditions not applied as asked**: the records below claim conditions "
+                  "that were not in force for part of the run.", ">"] + [f"> - {u}" for u in unapplied] + [""]
     if runs:
-        parts.append("**hilbed report**: " + ", ".join(f"`{r['run_id']}` ({r['state']}, git {r['git']})" for r in runs))
+        parts.append("**hilbed report**: " + ", ".join(
+            f"`{r['run_id']}` ({r['state']}, "
+            + (f"{r['records']} of {r['planned']} images, " if r.get("planned") else
+               (f"{r['records']} images, " if r.get("records") is not None else ""))
+            + f"git {r['git']})" for r in runs))
         parts.append("")
     parts.append(markdown_table(summ, by))
+    nby = len(list(by or GROUP))
+    if claims and claims[1]:
+        parts += [f"**Claimable tail latency** ({100 * EARLY_STOP_CONFIDENCE:g}% confidence, MLPerf LoadGen early "
+                  "stopping)", "", _md_table(*claims, nby)]
+    if encode and encode[1]:
+        parts += ["**Encode overhead** (the codec's own time; wait: the client busy with earlier images)", "",
+                  _md_table(*encode, 2)]
     if warnings:
         parts += ["**Warnings**", ""] + [f"- {w}" for w in warnings] + [""]
     if notes:

@@ -14,6 +14,7 @@ All intervals are two-sided 95% unless ``z``/``level`` says otherwise.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -123,3 +124,112 @@ def bootstrap_ratio_pct(base: np.ndarray, new: np.ndarray, q: float = 95.0, n_bo
     rel = rel[np.isfinite(rel)]
     a = (1 - level) / 2
     return (float((pw / pb - 1.0) * 100.0), float(np.quantile(rel, a)), float(np.quantile(rel, 1 - a)))
+
+
+# --------------------------------------------------------- early stopping ---
+#
+# MLPerf LoadGen's early stopping (loadgen/early_stopping.cc, results.cc): to
+# claim "the p-th percentile latency is at most L" from n samples, L is the
+# t-th largest sample, where t ("over-latency" samples: those at or above L,
+# L itself included) is the largest count for which a binomial test still
+# rejects "more than a share 1 - p of samples are that slow":
+# P(Binomial(n, 1 - p) <= t) < 1 - confidence. LoadGen uses confidence 0.99
+# and tolerance 0; the smallest n with a claim is the smallest n for which
+# t = 1 passes (64 for p90, 662 for p99). Counting the estimate itself as
+# over-latency is what makes it 64 rather than the 44 of "p^n <= 1 - c".
+
+EARLY_STOP_CONFIDENCE = 0.99
+
+
+def _log_binom_cdf(n: int, q: float) -> np.ndarray:
+    """log P(Binomial(n, q) <= k) for k = 0..n, in log space so large n does not underflow."""
+    k = np.arange(n + 1, dtype="float64")
+    logfact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1, dtype="float64")))])
+    with np.errstate(divide="ignore"):
+        lq, lp = (math.log(q) if q > 0 else -math.inf), (math.log1p(-q) if q < 1 else -math.inf)
+        logpmf = logfact[n] - logfact - logfact[::-1] + np.where(k > 0, k * lq, 0.0) + np.where(k < n, (n - k) * lp, 0.0)
+    return np.logaddexp.accumulate(logpmf)
+
+
+def binom_cdf(k: int, n: int, q: float) -> float:
+    """P(Binomial(n, q) <= k)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    return float(math.exp(_log_binom_cdf(n, q)[k]))
+
+
+def early_stop_overages(n: int, p: float, confidence: float = EARLY_STOP_CONFIDENCE) -> int:
+    """The largest t >= 1 with P(Binomial(n, 1 - p) <= t) < 1 - confidence; 0 when not even t = 1 passes."""
+    if n < 2:
+        return 0
+    ok = np.nonzero(_log_binom_cdf(n, 1.0 - p)[1:] < math.log(1.0 - confidence))[0]
+    return int(ok[-1]) + 1 if len(ok) else 0
+
+
+def early_stop_min_n(p: float, confidence: float = EARLY_STOP_CONFIDENCE) -> int:
+    """Fewest samples that support any claim on the p-th percentile (LoadGen's "need to process at least")."""
+    q, target = 1.0 - p, math.log(1.0 - confidence)
+    n = 2
+    # P(X <= 1) = (1-q)^(n-1) * (1 - q + n q) falls monotonically with n
+    while (n - 1) * math.log1p(-q) + math.log(1 - q + n * q) >= target:
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class PercentileClaim:
+    """What n samples let one claim about a percentile at a confidence."""
+
+    p: float
+    n: int
+    need: int          # fewest samples for any claim
+    overages: int      # t: samples at or above the bound (0: no claim)
+    bound: float       # the t-th largest sample (nan: no claim; inf: a sample without a value, e.g. no reply)
+    confidence: float
+
+    @property
+    def claimable(self) -> bool:
+        return self.overages > 0
+
+    def text(self, unit: str = "ms", nd: int = 1) -> str:
+        if not self.claimable:
+            return f"need {self.need} (n={self.n})"
+        if math.isinf(self.bound):
+            return "none (too many without a reply)"
+        return f"≤ {self.bound:.{nd}f} {unit}"
+
+
+def early_stop_claim(values, p: float, confidence: float = EARLY_STOP_CONFIDENCE) -> PercentileClaim:
+    """The p-th percentile bound LoadGen's early stopping allows; NaN values count as infinitely large.
+
+    A NaN is an image that never got a reply: it is slower than any latency,
+    so it counts against the claim instead of being dropped.
+    """
+    v = np.asarray(values, dtype="float64")
+    v = np.sort(np.where(np.isnan(v), np.inf, v))
+    n = len(v)
+    t = early_stop_overages(n, p, confidence)
+    return PercentileClaim(p, n, early_stop_min_n(p, confidence), t, float(v[n - t]) if t else math.nan, confidence)
+
+
+def binom_upper(k: int, n: int, confidence: float = EARLY_STOP_CONFIDENCE) -> float:
+    """One-sided upper confidence bound of a proportion k/n (Clopper-Pearson).
+
+    The same binomial test as LoadGen's Server-scenario early stopping: the
+    claim "the rate is at most r" passes exactly when r is above this bound.
+    """
+    if n == 0:
+        return math.nan
+    if k >= n:
+        return 1.0
+    target = 1.0 - confidence
+    lo, hi = k / n, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if binom_cdf(k, n, mid) > target:
+            lo = mid
+        else:
+            hi = mid
+    return hi

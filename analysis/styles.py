@@ -20,8 +20,11 @@ PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 PALETTE_LARGE = PALETTE + ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d",
                            "#31a354", "#756bb1", "#636363", "#9c9ede", "#cedb9c"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p"]
-COMPONENT_COLOURS = {"encode": "#4c72b0", "transmit": "#dd8452", "decode": "#55a868", "infer": "#c44e52",
-                     "return": "#8172b3"}
+#: latency parts: the two waiting parts are pale, hatched versions of the work that follows them (waiting to
+#: encode, waiting for the link), so a bar shows at a glance how much of a stage is work and how much is waiting
+COMPONENT_COLOURS = {"wait": "#a9bcdc", "encode": "#4c72b0", "queue": "#f0bc94", "transmit": "#dd8452",
+                     "decode": "#55a868", "infer": "#c44e52", "return": "#8172b3"}
+COMPONENT_HATCH = {"wait": "///", "queue": "///"}
 
 
 def _h(text: str) -> int:

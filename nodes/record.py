@@ -73,10 +73,6 @@ FIELDS: dict[str, tuple[str, str]] = {
     "error": ("string", "error text when the image produced no reply"),
 }
 
-#: latency components (ms) that add up to end-to-end latency t_result - t_arrival
-LATENCY_COMPONENTS = ("encode", "transmit", "decode", "infer", "return")
-
-
 def arrow_schema():
     """The record as an Arrow schema (results.parquet); needs pyarrow."""
     import pyarrow as pa

@@ -49,6 +49,8 @@ def cmd_report(args) -> int:
 def cmd_compare(args) -> int:
     from rich.table import Table
 
+    from rich.markup import escape
+
     from hilbed.analysis.compare import compare_runs, fmt_delta
     bad = _bad_runs([args.base, args.run])
     if bad:
@@ -83,17 +85,17 @@ def cmd_compare(args) -> int:
             t.add_column(col, justify="left" if col in (*cmp.by, "metric", "status") else "right")
         colour = {"regression": "bold red", "inconclusive": "yellow", "improved": "green"}
         for d in cmp.deltas:
-            cells = fmt_delta(d)
-            st = colour.get(d.status)
-            cells[-1] = f"[{st}]{d.status}[/]" if st else d.status
+            cells = fmt_delta(d)  # the status cell keeps its detail ("not enough samples (n=30, need 130)")
+            st = colour.get(d.status) or ("yellow" if d.status != "ok" else None)
+            cells[-1] = f"[{st}]{escape(cells[-1])}[/]" if st else escape(cells[-1])
             t.add_row(*(str(d.cell[b]) for b in cmp.by), *cells)
         con.print(t)
-        for line in cmp.missing + cmp.notes:
+        for line in cmp.missing + [n for n in cmp.notes if n not in cmp.warnings]:
             con.print(f"note: {line}")
-        if cmp.failed:
-            con.print(f"[bold red]{len(cmp.regressions)} regression(s)[/] beyond the thresholds")
-        else:
-            con.print("no regression" + (f" ({len(cmp.inconclusive)} inconclusive)" if cmp.inconclusive else ""))
+        for w in cmp.warnings:
+            con.print(f"[yellow]warning: {escape(w)}[/]")
+        text = cmp.verdict_text()
+        con.print(f"[bold red]{text}[/] beyond the thresholds" if cmp.failed else text)
     return 1 if cmp.failed else 0
 
 

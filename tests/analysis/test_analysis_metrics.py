@@ -60,15 +60,27 @@ def test_loading_keeps_last_write_and_skips_torn_line(tiny):
     assert len(img1) == 1 and not bool(img1.correct1.iloc[0])
 
 
+PARTS = ["wait", "encode", "queue", "transmit", "decode", "infer", "return"]
+
+
 def test_latency_components_add_up(tiny):
+    from hilbed.analysis.metrics import latency_parts_ns
+    from hilbed.analysis.schema import LATENCY_COMPONENTS
+    assert list(LATENCY_COMPONENTS) == PARTS
     d = with_latency(tiny)
-    parts = d[["encode_ms", "transmit_ms", "decode_ms", "infer_ms", "return_ms"]].sum(axis=1, min_count=5)
-    ok = d["e2e_ms"].notna()
-    assert np.allclose(parts[ok], d.loc[ok, "e2e_ms"])
+    ns = latency_parts_ns(tiny)
+    ok = ns["e2e_ns"].notna()
+    assert ok.sum() == 7
+    # exactly, on integers: every record with a reply
+    total = sum(ns.loc[ok, f"{c}_ns"] for c in PARTS)
+    assert (total == ns.loc[ok, "e2e_ns"]).all()
+    assert np.allclose(d.loc[ok, [f"{c}_ms" for c in PARTS]].sum(axis=1), d.loc[ok, "e2e_ms"])
     row = d[(d.codec_label == "jpeg-q10") & (d.image_index == 2)].iloc[0]
-    assert (row.encode_ms, row.transmit_ms, row.decode_ms, row.infer_ms, row.return_ms, row.e2e_ms) == \
-        pytest.approx((4, 96, 2, 4, 2, 108))
-    assert row.queue_ms == pytest.approx(0) and row.link_ms == pytest.approx(96)
+    assert [row[f"{c}_ms"] for c in PARTS] + [row.e2e_ms] == pytest.approx([0.5, 3.5, 0, 96, 2, 4, 2, 108])
+    # no reply: the parts up to the link are there, the rest and e2e are null
+    lost = d[d.error.notna()].iloc[0]
+    assert (lost.wait_ms, lost.encode_ms, lost.queue_ms) == pytest.approx((0.5, 4.5, 0.0))
+    assert all(pd.isna(lost[f"{c}_ms"]) for c in ("transmit", "decode", "infer", "return", "e2e"))
 
 
 def test_summary_by_hand(tiny):
@@ -82,14 +94,21 @@ def test_summary_by_hand(tiny):
     assert a.goodput_kbps == pytest.approx(1800 * 8 / 0.168 / 1000)
     assert a.e2e_p50_ms == pytest.approx(36.0) and a.e2e_p95_ms == pytest.approx(97.8)
     assert a.transmit_p50_ms == pytest.approx(26.0) and a.transmit_p95_ms == pytest.approx(86.1)
-    assert a.encode_p50_ms == pytest.approx(2.5) and a.return_p50_ms == pytest.approx(2.0)
+    # encode is the codec alone (2.5, 1.5, 3.5, 1.5 ms), the 0.5 ms before it is waiting
+    assert a.encode_p50_ms == pytest.approx(2.0) and a.wait_p50_ms == pytest.approx(0.5)
+    assert a.return_p50_ms == pytest.approx(2.0)
     assert a.decoded_rate == 0.75 and a.no_reply == 0
     assert b.top1 == 0.75 and (b.top1_lo, b.top1_hi) == pytest.approx((0.3006, 0.9544), abs=1e-4)
     assert b.miss_rate == 0.25 and b.no_reply == 1
     assert b.bytes_mean == 250 and b.bytes_delivered_mean == 185
     assert b.goodput_kbps == pytest.approx(740 * 8 / 0.046 / 1000)
     assert b.e2e_p50_ms == pytest.approx(27.0) and b.e2e_p95_ms == pytest.approx(27.9)
-    assert b.encode_p50_ms == pytest.approx(5.0)
+    assert b.encode_p50_ms == pytest.approx(4.5)
+    # four images: no early-stopping claim on any tail percentile; 1 of 4 missed: the miss rate is at most the u
+    # with P(Binomial(4, u) <= 1) = (1 - u)^4 + 4u(1 - u)^3 = 1%
+    assert np.isnan(a.e2e_p90_claim_ms) and np.isnan(a.e2e_p99_claim_ms)
+    u = a.miss_claim_max
+    assert (1 - u) ** 4 + 4 * u * (1 - u) ** 3 == pytest.approx(0.01) and u == pytest.approx(0.8591, abs=1e-4)
     assert a.jammer_mbps_mean == 4.0 and a.jammer_load_mean == pytest.approx(0.3)
     assert a.clock_uncertainty_ms == pytest.approx(3.0) and a.deadline_ms == 100.0
 
@@ -107,7 +126,9 @@ def test_latency_table_long_format(tiny):
     t = latency_table(tiny)
     e2e = t[(t.codec_label == "webp-q50") & (t.component == "e2e")].iloc[0]
     assert e2e.n == 3 and e2e.p50_ms == pytest.approx(27.0) and e2e.mean_ms == pytest.approx(82 / 3)
-    assert set(t.component) == {"encode", "transmit", "decode", "infer", "return", "e2e"}
+    assert list(t[t.codec_label == "webp-q50"].component) == PARTS + ["e2e"]
+    q = t[(t.codec_label == "jpeg-q10") & (t.component == "encode")].iloc[0]
+    assert q.n == 4 and q.p50_ms == pytest.approx(2.0) and q.mean_ms == pytest.approx(2.25)
 
 
 def test_throughput_series_spreads_bytes_over_link_time():

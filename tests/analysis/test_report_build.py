@@ -121,8 +121,16 @@ def test_tiny_report_numbers_by_hand(tiny_report):
     assert b == ["webp-q50", "c1", "4", "75.0", "30.1-95.4", "75.0", "250", "185", "128.7", "27.0", "27.9", "25.0",
                  "4.00"]
     lat = t["latency-table"]
-    assert lat[1][:3] == ["jpeg-q10", "c1", "2.50 / 3.85"]       # encode p95: 3 + 0.85 * (4 - 3)
-    assert lat[1][3] == "26.00 / 86.10"
+    assert lat[0][2:5] == ["wait p50 / p95", "encode p50 / p95", "queue p50 / p95"]
+    # encode (the codec alone) 2.5, 1.5, 3.5, 1.5 ms: p95 = 2.5 + 0.85 * (3.5 - 2.5); 0.5 ms wait before it
+    assert lat[1][:6] == ["jpeg-q10", "c1", "0.50 / 0.50", "2.00 / 3.35", "0.00 / 0.00", "26.00 / 86.10"]
+    assert lat[1][-1] == "36.0 / 97.8"
+    # four images a cell: no tail claim, the images each needs instead
+    claims = t["claims-table"]
+    assert claims[0][4:7] == ["e2e p90 (need 64)", "e2e p95 (need 130)", "e2e p99 (need 662)"]
+    assert claims[1] == ["jpeg-q10", "c1", "4", "0", "need 64 (n=4)", "need 130 (n=4)", "need 662 (n=4)", "≤ 85.9%"]
+    # the record count is the data's (8), the run's state line says so
+    assert "(complete, 8 of 8 images)" in html
     md = (tiny_report.parent / "summary.md").read_text(encoding="utf-8")
     assert "| jpeg-q10 | c1 | 4 | 50.0 | 15.0-85.0 | 75.0 | 525 | 450 | 85.7 | 36.0 | 97.8 | 25.0 | 4.00 |" in md
 
