@@ -11,9 +11,14 @@ of the trace, and the benchmark measures:
 - packet release-time error (actual release - scheduled release) p50/p99/max.
 
 ``--mode udp`` sends real datagrams through :class:`UdpShaperProxy` and
-counts them at a UDP receiver. ``--log`` has the shaper write its Mahimahi
-link log meanwhile (the writer thread must not move releases). Prints one
-JSON document.
+counts them at a UDP receiver, which also reads the kernel's receive time of
+every datagram (``SO_TIMESTAMPNS``): ``kernel_err_ms_*`` compares those with
+each packet's scheduled release, so the release error includes the proxy's
+send path and is read off the kernel's clock, not only the shaper's.
+``--log`` has the shaper write its Mahimahi link log meanwhile (the writer
+thread must not move releases). Trace files given as arguments (Mahimahi or
+CSV ``t_ms,kbps``) are measured instead of the default set. Prints one JSON
+document.
 Goal: median window error <= 1 %, p99 release error <= 1 ms.
 """
 
@@ -24,6 +29,7 @@ import json
 import os
 import platform
 import socket
+import struct
 import sys
 import tempfile
 import threading
@@ -36,8 +42,10 @@ sys.path.insert(0, str(REPO))
 from hilbed.nodes.link.gen import gen_lora, gen_ltem  # noqa: E402
 from hilbed.nodes.link.schedule import OpportunitySchedule  # noqa: E402
 from hilbed.nodes.link.shaper import TraceShaper, UdpShaperProxy  # noqa: E402
-from hilbed.nodes.link.traces import load_mahimahi_schedule, write_mahimahi  # noqa: E402
+from hilbed.nodes.link.traces import load_mahimahi_schedule, load_schedule, write_mahimahi  # noqa: E402
 
+#: Linux's SO_TIMESTAMPNS (= SCM_TIMESTAMPNS; asm-generic value, not exported by Python's socket module)
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 SHARED_TRACES = REPO.parent / "shared" / "data" / "traces" / "mahimahi"
 
 
@@ -48,8 +56,12 @@ def pct(xs: list[float], p: float) -> float | None:
     return s[min(len(s) - 1, int(round(p / 100.0 * (len(s) - 1))))]
 
 
-def traces(tmp: Path, only: list[str] | None) -> list[tuple[str, OpportunitySchedule, int]]:
-    """(name, schedule, packet bytes) for every trace to measure."""
+def traces(tmp: Path, only: list[str] | None, files: list[str] | None = None,
+           packet_bytes: int = 1504) -> list[tuple[str, OpportunitySchedule, int]]:
+    """(name, schedule, packet bytes) for every trace to measure: the files given, else the default set."""
+    if files:
+        return [(Path(f).name, load_schedule(f, loop=True, opportunity_bytes=packet_bytes), packet_bytes)
+                for f in files]
     out = []
     if SHARED_TRACES.is_dir():
         for p in sorted(SHARED_TRACES.iterdir()):
@@ -87,17 +99,33 @@ def run_udp(sched, pkt: int, duration_s: float, delay_ms: float, log_path: str |
     tx.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
     tx.connect(proxy.address)
     got: list[tuple[float, int]] = []
+    kernel: list[float] = []  # kernel receive times, on the shaper's clock (seconds since its epoch)
     stop = threading.Event()
+    rx.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    real_minus_mono = time.time() - time.monotonic()
 
     def receive() -> None:
         rx.settimeout(0.2)
         while not stop.is_set():
             try:
-                data = rx.recv(65535)
+                data, anc, _flags, _addr = rx.recvmsg(65535, socket.CMSG_SPACE(16))
             except socket.timeout:
                 continue
             got.append((time.monotonic(), len(data)))
+            for level, kind, raw in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= 16:
+                    sec, nsec = struct.unpack("qq", raw[:16])
+                    kernel.append(sec + nsec / 1e9 - real_minus_mono - proxy.shaper.epoch)
 
+    handed: list[float] = []  # when the shaper handed each delivered packet to the proxy's socket (its clock)
+    up = proxy.shaper.dirs["up"]
+    deliver = up.deliver
+
+    def note_delivery(payload):
+        handed.append(proxy.shaper.now())
+        deliver(payload)
+
+    up.deliver = note_delivery
     threads = [threading.Thread(target=proxy.serve, daemon=True), threading.Thread(target=receive, daemon=True)]
     for t in threads:
         t.start()
@@ -111,6 +139,9 @@ def run_udp(sched, pkt: int, duration_s: float, delay_ms: float, log_path: str |
     proxy.close()
     rx.close()
     tx.close()
+    proxy.shaper.kernel_rx_s = kernel  # type: ignore[attr-defined]
+    # scheduled release = handed - how late the shaper says it was (release_errors_s, in the same order)
+    proxy.shaper.scheduled_s = [h - late for h, late in zip(handed, proxy.shaper.release_errors_s)]  # type: ignore
     return proxy.shaper, [(t - proxy.shaper.epoch, n) for t, n in got]
 
 
@@ -152,6 +183,8 @@ def measure(name: str, sched, pkt: int, duration_s: float, delay_ms: float, mode
             zero += 1
     st = sh.stats()
     errs_ms = [e * 1000.0 for e in sh.release_errors_s]
+    kernel = getattr(sh, "kernel_rx_s", None) or []
+    kerr_ms = [(k - sch) * 1000.0 for k, sch in zip(kernel, getattr(sh, "scheduled_s", None) or [])]
     cap_total = sched.bytes_until(float(nwin))
     return {
         "trace": name, "mode": mode, "link_log": bool(log_path), "packet_bytes": pkt, "opportunity_bytes": getattr(sched, "opp", None),
@@ -163,6 +196,8 @@ def measure(name: str, sched, pkt: int, duration_s: float, delay_ms: float, mode
         "window_abs_err_bytes_median": _r(pct(absb, 50)), "window_abs_err_bytes_max": _r(max(absb) if absb else None),
         "release_err_ms_p50": _r(pct(errs_ms, 50), 4), "release_err_ms_p99": _r(pct(errs_ms, 99), 4),
         "release_err_ms_max": _r(max(errs_ms) if errs_ms else None, 4),
+        "kernel_err_ms_p50": _r(pct(kerr_ms, 50), 4), "kernel_err_ms_p99": _r(pct(kerr_ms, 99), 4),
+        "kernel_err_ms_max": _r(max(kerr_ms) if kerr_ms else None, 4), "kernel_timestamps": len(kerr_ms),
         "packets_released": len(errs_ms), "packets_received": len(got),
         "dropped": st["up"]["dropped_packets"],
     }
@@ -179,11 +214,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mode", choices=("inproc", "udp"), default="inproc")
     ap.add_argument("--only", nargs="*", help="substrings of trace names to run")
     ap.add_argument("--log", action="store_true", help="write the Mahimahi link log while measuring")
+    ap.add_argument("--packet-bytes", type=int, default=1504, help="packet size for trace files given (default 1504)")
+    ap.add_argument("trace_files", nargs="*", help="Mahimahi or CSV traces to measure instead of the default set")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as td:
         results = [measure(n, s, pkt, a.duration_s, a.delay_ms, a.mode,
                            str(Path(td) / f"link-{i}.log") if a.log else None)
-                   for i, (n, s, pkt) in enumerate(traces(Path(td), a.only))]
+                   for i, (n, s, pkt) in enumerate(traces(Path(td), a.only, a.trace_files, a.packet_bytes))]
     ok = all((r["window_err_pct_median"] or 0) <= 1.0 and (r["release_err_ms_p99"] or 0) <= 1.0 for r in results)
     doc = {"benchmark": "link_fidelity", "goal": {"window_err_pct_median_max": 1.0, "release_err_ms_p99_max": 1.0},
            "meets_goal": ok, "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
