@@ -52,10 +52,25 @@ class ClientAgent(Agent):
             self.dataset_key = key
         return {"dataset": self.dataset.describe(), "classes": list(self.dataset.classes)}
 
-    def op_open_link(self, spec: dict, host: str, port: int, edge_minus_client_ns: int = 0, seed: int = 0) -> dict:
+    def op_open_link(self, spec: dict, host: str, port: int, edge_minus_client_ns: int = 0, seed: int = 0,
+                     secret: str | None = None) -> dict:
+        """Open the condition's link and authenticate it with the run's ``secret`` (when the edge asks for one).
+
+        ``spec["accounting"]`` (``payload`` | ``frame``) picks what a shaped link charges per packet.
+        """
+        accounting = spec.get("accounting")
+        if accounting not in (None, "payload", "frame"):
+            raise AgentError(f"link accounting {accounting!r} (allowed: payload, frame)")
         self.op_close_link()
-        self.link = open_link(spec, host, port, edge_minus_client_ns, seed)
-        return {"kind": self.link.kind}
+        link = open_link(spec, host, port, edge_minus_client_ns, seed)
+        try:
+            link.set_accounting(accounting)
+            auth = link.authenticate(secret)
+        except (ConnectionError, OSError, ValueError) as exc:
+            link.close()
+            raise AgentError(f"link to the edge at {host}:{port}: {exc}") from None
+        self.link = link
+        return {"kind": link.kind, "authenticated": auth["authenticated"], "accounting": link.accounting}
 
     def op_close_link(self) -> dict:
         stats = {}
@@ -76,6 +91,7 @@ class ClientAgent(Agent):
         self._abort.clear()
         enc = make_codec(codec, params)
         enc.set_stream(deadline_ms=deadline_ms, period_ms=period_ms)  # no-op unless deadline-aware (AutoJPEG)
+        self.link.announce_codec(codec, params)  # the codec's spec is set-up, not part of the first image
         period_ns = int(period_ms * 1e6)
         deadline_ns_rel = int(deadline_ms * 1e6)
         # warm the encoder (lazy library init, caches) outside the measured stream

@@ -293,6 +293,9 @@ class LinkCfg(Strict):
     opportunity_bytes: int = Field(1504, ge=1, le=1_000_000, description="bytes per Mahimahi delivery opportunity")
     loop: bool = True
     tc_discipline: Literal["htb", "tbf"] = "htb"
+    accounting: Literal["payload", "frame"] = Field(
+        "payload", description="bytes a shaped link charges: payload only, or whole frames as Mahimahi does "
+                               "(+56 B per TCP segment: tun 4 + IPv4 20 + TCP 32)")
 
     @field_validator("kind")
     @classmethod

@@ -83,8 +83,17 @@ def _prepare_edge(ctx: Any, node: str) -> None:
         from hilbed.nodes.codecs import codec_class
         for cc in ctx.scenario.codecs:
             codec_class(cc.codec).prepare(cc.params)
-    host = "127.0.0.1" if ctx.all_local else "0.0.0.0"
-    ctx.edge_port = edge.call("listen", host=host, port=ctx.edge_port or cfg.edge_port)["port"]
+    # bind where the clients reach the edge (loopback on the embedded testbed); only this run's clients are
+    # served (a per-run secret), and no message may make the edge hold more than an image of this scenario can be
+    host = "127.0.0.1" if ctx.all_local else cfg.address
+    ctx.edge_port = edge.call("listen", host=host, port=ctx.edge_port or cfg.edge_port, secret=ctx.secret,
+                              limits=_edge_limits(ctx.scenario))["port"]
+
+
+def _edge_limits(scenario: Any) -> dict:
+    """Bounds for the edge's receiver: an image may be at most a few raw frames of the scenario's size."""
+    raw = 3 * scenario.workload.image_size ** 2
+    return {"max_message_bytes": max(4 << 20, 4 * raw), "max_buffered_bytes": max(16 << 20, 16 * raw)}
 
 
 def _prepare_client(ctx: Any, node: str) -> None:

@@ -61,7 +61,7 @@ class LinkKind:
             ctx.agent(c, "client").call("open_link", timeout=60, spec=self.client_spec(ctx, cond, c, k),
                                         host=ctx.testbed.nodes[edge].address, port=ctx.edge_port,
                                         edge_minus_client_ns=e_off - ctx.offset(c)["offset_ns"],
-                                        seed=ctx.scenario.workload.seed + k)
+                                        seed=ctx.scenario.workload.seed + k, secret=ctx.secret)
 
     def close_client_links(self, ctx: Any) -> None:
         for n in ctx.testbed.clients:

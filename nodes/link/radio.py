@@ -3,9 +3,12 @@
 The image's chunks travel over the client's radio (Spinel RCP or Wireless
 UART firmware, real board or pty emulator) to the edge's radio with the
 message transport's fragmentation, ACKs, retries and deadline abort. The
-small control frames (BEGIN with the codec and the deadline, END, and the
-reply) use the TCP connection to the edge, as a lab's wired management
-network would; the data path is the radio alone.
+small control frames (the binary BEGIN with the codec id and the deadline,
+END, and the reply) use the TCP connection to the edge, as a lab's wired
+management network would: by design they cost no airtime here (the radio's
+own message transport sends its BEGIN/END frames over the air). The data
+path is the radio alone, so ``wire_bytes_sent`` of a radio record does not
+count the TCP control frames.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import time
 
 from hilbed.firmware_bridge import MessageSender, open_radio
 
+from hilbed.nodes import wire
 from hilbed.nodes.link.addressing import EDGE_SHORT_ADDR, client_short_addr
 from hilbed.nodes.link.base import Link, SendReport, wall_ns
 
@@ -52,13 +56,13 @@ class RadioLink(Link):
         self.totals["retries"] += r.retries
         self.totals["cca_failures"] += r.cca_failures
         self.totals["aborted"] += int(r.aborted)
-        from hilbed.nodes import wire
         self._write(wire.end_frame(msg_id, r.aborted))
         return rep
 
     def stats(self) -> dict:
-        return {"kind": self.kind, **self.totals, "radio": getattr(self.radio, "stats", None).__dict__
-                if hasattr(getattr(self.radio, "stats", None), "__dict__") else None}
+        rs = getattr(self.radio, "stats", None)
+        return {"kind": self.kind, **self.totals, **self._wire_stats(),
+                "radio": rs.__dict__ if hasattr(rs, "__dict__") else None}
 
     def close(self) -> None:
         super().close()

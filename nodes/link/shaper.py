@@ -34,9 +34,9 @@ import time
 from typing import Any, Callable
 
 from hilbed.nodes.link.schedule import CapacitySchedule
-from hilbed.nodes.link.stages import DROPPED, SENT, Pipeline, QueueSpec, ReleaseThread
+from hilbed.nodes.link.stages import DROPPED, SENT, Accounting, Pipeline, QueueSpec, ReleaseThread
 
-__all__ = ["QueueSpec", "TraceShaper", "UdpShaperProxy", "main"]
+__all__ = ["Accounting", "QueueSpec", "TraceShaper", "UdpShaperProxy", "main"]
 
 
 class _Direction:
@@ -63,7 +63,8 @@ class _Direction:
     @property
     def counters(self) -> dict:
         c = self.pipeline.counters
-        return {"packets_in": c["packets_in"], "bytes_in": c["bytes_in"], **self.released,
+        return {"packets_in": c["packets_in"], "bytes_in": c["bytes_in"], "payload_bytes_in": c["payload_bytes_in"],
+                **self.released,
                 "dropped_packets": c["dropped_packets"], "dropped_bytes": c["dropped_bytes"],
                 "never_served": c["never_served"]}
 
@@ -74,6 +75,9 @@ class TraceShaper:
     ``submit(direction, payload, nbytes)`` queues a packet now; the
     ``deliver_up``/``deliver_down`` callback gets ``payload`` at its release
     time. ``clock`` is the monotonic clock; link time 0 is the shaper's start.
+    ``accounting``: ``payload`` (charge ``nbytes``, the default) or ``frame``
+    (charge what Mahimahi would for a ``protocol`` packet of that payload:
+    tun + IP + UDP/TCP headers, see :class:`~hilbed.nodes.link.stages.Accounting`).
     """
 
     def __init__(self, uplink: CapacitySchedule, downlink: CapacitySchedule | None = None, *,
@@ -82,11 +86,13 @@ class TraceShaper:
                  downlink_queue: QueueSpec | str | None = None, seed: int = 0,
                  log_path: str | None = None, downlink_log_path: str | None = None, log_drops: bool = True,
                  medium_file: str | None = None, record_release_errors: bool = True, realtime: bool = True,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, accounting: Accounting | str | None = None,
+                 protocol: str = "udp"):
         if not 0 <= loss < 1:
             raise ValueError("loss must be in [0, 1)")
         if delay_ms < 0:
             raise ValueError("delay_ms must be >= 0")
+        self.accounting = Accounting.parse(accounting, protocol)
         self.clock = clock
         self.epoch = clock()
         if medium_file:
@@ -110,7 +116,7 @@ class TraceShaper:
                 from hilbed.nodes.link.linklog import LinkLogWriter
                 log = LinkLogWriter(lp, f"{name}link", sched, trace_name=sched.describe(), queue_desc=q.describe(),
                                     drops=log_drops, init_unix_ms=init_unix_ms, clock=self.now)
-            pipe = Pipeline(sched, q, delay_ms / 1000.0, loss, random.Random(f"{seed}:{name}"), log)
+            pipe = Pipeline(sched, q, delay_ms / 1000.0, loss, random.Random(f"{seed}:{name}"), log, self.accounting)
             self.dirs[name] = _Direction(name, pipe, deliver)
         self._lock = threading.Lock()
         self._closed = False
@@ -181,6 +187,7 @@ class TraceShaper:
             def pct(p: float) -> float:
                 return errs[min(len(errs) - 1, int(p / 100.0 * len(errs)))] * 1000.0
             out["release_error_ms"] = {"p50": pct(50), "p99": pct(99), "max": errs[-1] * 1000.0, "n": len(errs)}
+        out["accounting"] = self.accounting.describe()
         out["realtime"] = self.realtime and self.realtime_error is None
         if self.realtime_error and self.realtime:
             out["realtime_error"] = self.realtime_error
@@ -273,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delay-ms", type=float, default=0.0)
     p.add_argument("--loss", type=float, default=0.0)
     p.add_argument("--queue", default="infinite", help="infinite | droptail:packets=N | droptail:bytes=N")
+    p.add_argument("--accounting", choices=("payload", "frame"), default="payload",
+                   help="charge datagram payload bytes (default) or whole frames as Mahimahi does (+tun/IP/UDP)")
     p.add_argument("--listen", required=True, help="HOST:PORT to receive datagrams on")
     p.add_argument("--forward", required=True, help="HOST:PORT to release them to")
     p.add_argument("--log", help="Mahimahi uplink log path")
@@ -287,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.error("give --up TRACE or --up-kbps RATE")
         down = load_schedule(a.down, loop=not a.once, opportunity_bytes=a.opportunity_bytes) if a.down else None
-        proxy = UdpShaperProxy({"delay_ms": a.delay_ms, "loss": a.loss, "queue": a.queue, "log_path": a.log},
+        proxy = UdpShaperProxy({"delay_ms": a.delay_ms, "loss": a.loss, "queue": a.queue, "log_path": a.log,
+                                "accounting": a.accounting, "protocol": "udp"},
                                up, down, _hostport(a.listen), _hostport(a.forward))
     except (TraceError, ValueError, OSError) as exc:
         print(f"shaper: {exc}", file=sys.stderr)

@@ -54,6 +54,70 @@ REFUSED = "refused"    # would leave after the deadline: not queued, link not ch
 STALLED = "stalled"    # queued but never served (a trace run once has ended)
 
 
+# ----------------------------------------------------------- accounting ---
+
+#: bytes Mahimahi charges per packet beyond the IP packet: the tun device's packet-information header
+#: (mm-link opens its tun without IFF_NO_PI; 1500 MTU + 4 is why an opportunity is 1504 bytes)
+TUN_PI_BYTES = 4
+IPV4_HEADER_BYTES = 20
+#: Linux sends TCP timestamps by default: a 20-byte header plus a 12-byte option on every segment
+TCP_HEADER_BYTES = 32
+UDP_HEADER_BYTES = 8
+MTU_BYTES = 1500
+
+
+@dataclass(frozen=True)
+class Accounting:
+    """What the rate server charges for a packet: ``payload`` (the bytes hilbed writes, as before) or ``frame``.
+
+    ``frame`` charges what Mahimahi's ``mm-link`` takes from its tun device for the
+    same payload: per IP packet 4 (tun PI) + 20 (IPv4) + 32 (TCP with timestamps)
+    bytes, a payload above the MSS (1500 - 52 = 1448) split into several segments;
+    for UDP 4 + 20 + 8 bytes, a datagram above 1472 bytes split into IP fragments
+    of at most 1480 bytes, each with its own tun and IP header, the UDP header
+    once. Reverse-direction TCP ACKs are not charged.
+    """
+
+    mode: str = "payload"
+    protocol: str = "tcp"
+    mtu: int = MTU_BYTES
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("payload", "frame"):
+            raise ValueError(f"unknown accounting {self.mode!r} (allowed: payload, frame)")
+        if self.protocol not in ("tcp", "udp"):
+            raise ValueError(f"unknown protocol {self.protocol!r} (allowed: tcp, udp)")
+
+    @classmethod
+    def parse(cls, value: "str | Accounting | None", protocol: str = "tcp") -> "Accounting":
+        if isinstance(value, Accounting):
+            return value
+        return cls(value or "payload", protocol)
+
+    @property
+    def mss(self) -> int:
+        return self.mtu - IPV4_HEADER_BYTES - TCP_HEADER_BYTES
+
+    def charge(self, nbytes: int) -> int:
+        """Bytes of link capacity a packet of ``nbytes`` payload uses."""
+        if self.mode == "payload":
+            return nbytes
+        if self.protocol == "tcp":
+            segments = max(1, -(-nbytes // self.mss))
+            return nbytes + segments * (TUN_PI_BYTES + IPV4_HEADER_BYTES + TCP_HEADER_BYTES)
+        frag = (self.mtu - IPV4_HEADER_BYTES) // 8 * 8
+        fragments = max(1, -(-(nbytes + UDP_HEADER_BYTES) // frag))
+        return nbytes + UDP_HEADER_BYTES + fragments * (TUN_PI_BYTES + IPV4_HEADER_BYTES)
+
+    def describe(self) -> dict:
+        out: dict[str, Any] = {"mode": self.mode}
+        if self.mode == "frame":
+            per = TUN_PI_BYTES + IPV4_HEADER_BYTES + (TCP_HEADER_BYTES if self.protocol == "tcp" else UDP_HEADER_BYTES)
+            out |= {"protocol": self.protocol, "per_packet_bytes": per, "mtu": self.mtu,
+                    **({"mss": self.mss} if self.protocol == "tcp" else {})}
+        return out
+
+
 # ------------------------------------------------------------- queueing ---
 
 @dataclass(frozen=True)
@@ -171,28 +235,36 @@ class Packet:
     t_done: float = math.nan     # its last byte is served: it leaves the link
     t_release: float = math.nan  # it reaches the far end
     lost: bool = False
+    charged: int = 0             # bytes of capacity it uses (``nbytes`` unless frame accounting)
 
 
 class Pipeline:
-    """One link direction: queue -> rate server -> delay -> loss, with a link log watching."""
+    """One link direction: queue -> rate server -> delay -> loss, with a link log watching.
+
+    ``accounting`` decides the bytes each packet costs (queue, server and log
+    all see the charged size); ``offer(nbytes)`` always takes the payload.
+    """
 
     def __init__(self, schedule: CapacitySchedule, queue: DropTailQueue | QueueSpec | str | None = None,
                  delay: Delay | float = 0.0, loss: IidLoss | float = 0.0, rng: random.Random | None = None,
-                 log: Any = None):
+                 log: Any = None, accounting: Accounting | str | None = None):
         self.schedule = schedule
+        self.accounting = Accounting.parse(accounting)
         self.queue = queue if isinstance(queue, DropTailQueue) else DropTailQueue(queue)
         self.server = ByteServer(schedule)
         self.delay = delay if isinstance(delay, Delay) else Delay(delay)
         self.loss = loss if isinstance(loss, IidLoss) else IidLoss(loss, rng)
         self.log = log
         self.counters = {"packets_in": 0, "bytes_in": 0, "dropped_packets": 0, "dropped_bytes": 0,
-                         "refused": 0, "never_served": 0}
+                         "refused": 0, "never_served": 0, "payload_bytes_in": 0}
         #: called with each packet after :meth:`offer` decided its fate (tests, benchmarks)
         self.on_packet: Callable[[Packet], None] | None = None
 
     def offer(self, nbytes: int, t_arrival: float, deadline: float = math.inf) -> Packet:
-        """A packet of ``nbytes`` arrives at ``t_arrival``: its fate and times, committed to the link."""
-        pkt = Packet(t_arrival, nbytes)
+        """A packet of ``nbytes`` payload arrives at ``t_arrival``: its fate and times, committed to the link."""
+        payload = nbytes
+        nbytes = self.accounting.charge(payload)
+        pkt = Packet(t_arrival, payload, charged=nbytes)
         c, log = self.counters, self.log
         if not self.queue.admit(t_arrival, nbytes):
             pkt.fate = DROPPED
@@ -213,6 +285,7 @@ class Pipeline:
         self.queue.hold(first, done, nbytes)
         c["packets_in"] += 1
         c["bytes_in"] += nbytes
+        c["payload_bytes_in"] += payload
         pkt.t_first, pkt.t_done = first, done
         if log is not None:
             log.arrival(t_arrival, nbytes)

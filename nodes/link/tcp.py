@@ -1,14 +1,16 @@
 """Client-side links over a real TCP connection to the edge.
 
 ``DirectLink`` sends as fast as the socket takes bytes. ``ShapedLink`` is the
-user-space trace link: every DATA packet goes through the uplink
+user-space trace link: every frame of a message -- the binary BEGIN header,
+each DATA packet and END -- goes through the uplink
 :class:`~hilbed.nodes.link.stages.Pipeline` (the same engine as
-``TraceShaper``): it leaves when its last byte is served by the
-:class:`~hilbed.nodes.link.schedule.CapacitySchedule`, reaches the edge one
-fixed delay later, and is lost with an IID probability; the sender stops at
-the deadline and packets not yet served are discarded, as a radio aborts its
-queue. Replies come back through a downlink pipeline. Both report per-chunk
-delivery times on the client's wall clock.
+``TraceShaper``) as its own packet: it leaves when its last byte is served by
+the :class:`~hilbed.nodes.link.schedule.CapacitySchedule`, reaches the edge
+one fixed delay later, and is lost with an IID probability; the sender stops
+at the deadline and packets not yet served are discarded, as a radio aborts
+its queue. A BEGIN that cannot leave before the deadline means nothing of
+the image is sent. Replies come back through a downlink pipeline. Both
+report per-chunk delivery times on the client's wall clock.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import time
 from hilbed.nodes import wire
 from hilbed.nodes.link.base import Link, SendReport, wall_ns
 from hilbed.nodes.link.schedule import CapacitySchedule
-from hilbed.nodes.link.stages import REFUSED, SENT, Pipeline, RealtimeSection, wait_until
+from hilbed.nodes.link.stages import REFUSED, SENT, Accounting, Pipeline, RealtimeSection, wait_until
 
 __all__ = ["DirectLink", "Link", "RESULT_WIRE_BYTES", "SendReport", "ShapedLink", "wall_ns"]
 
@@ -39,7 +41,8 @@ class DirectLink(Link):
 
     def send_message(self, msg_id: int, meta: dict, chunks: list[bytes], deadline_ns: int) -> SendReport:
         rep = SendReport(msg_id, wall_ns())
-        self._begin(msg_id, meta, chunks, deadline_ns)
+        rep.wire_bytes_sent += self._begin(msg_id, meta, chunks, deadline_ns)
+        rep.packets_sent += 1
         for ci, chunk in enumerate(chunks):
             for off in range(0, max(len(chunk), 1), self.packet_bytes):
                 if wall_ns() > deadline_ns:
@@ -56,7 +59,10 @@ class DirectLink(Link):
             rep.chunks_delivered += 1
             rep.bytes_delivered += len(chunk)
         rep.t_tx_end_ns = wall_ns()
-        self._write(wire.end_frame(msg_id, rep.aborted))
+        end = wire.end_frame(msg_id, rep.aborted)
+        self._write(end)
+        rep.packets_sent += 1
+        rep.wire_bytes_sent += len(end)
         return rep
 
 
@@ -71,6 +77,9 @@ class ShapedLink(Link):
     capacity by ``1 - load`` of the jammer's published medium; ``log_path``
     writes a Mahimahi link log of the uplink (``log_path + ".down"`` for the
     downlink). The queue is the message itself, so ``queue_bytes`` does not apply.
+    ``accounting`` (``payload`` | ``frame``) is what the rate server charges per
+    packet: the frame's bytes, or those plus Mahimahi's tun + IPv4 + TCP
+    overhead (:class:`~hilbed.nodes.link.stages.Accounting`).
     """
 
     kind = "trace"
@@ -78,7 +87,8 @@ class ShapedLink(Link):
     def __init__(self, host: str, port: int, uplink: CapacitySchedule, downlink: CapacitySchedule | None,
                  edge_minus_client_ns: int = 0, delay_ms: float = 0.0, loss: float = 0.0,
                  packet_bytes: int = 1024, seed: int = 0, log_path: str | None = None,
-                 medium_file: str | None = None, queue_bytes: int | None = None, **_: object):
+                 medium_file: str | None = None, queue_bytes: int | None = None,
+                 accounting: Accounting | str | None = None, **_: object):
         self.epoch_mono = time.monotonic()
         if medium_file:
             from hilbed.nodes.link.medium import MediumScaledSchedule, MediumWatcher
@@ -102,10 +112,12 @@ class ShapedLink(Link):
             if downlink is not None:
                 down_log = LinkLogWriter(str(log_path) + ".down", "downlink", downlink,
                                          trace_name=downlink.describe(), init_unix_ms=init_ms, clock=self._now)
-        self.up = Pipeline(uplink, None, self.delay_s, loss, random.Random(seed), up_log)
-        self.down = Pipeline(downlink, None, self.delay_s, 0.0, None, down_log) if downlink is not None else None
+        acc = Accounting.parse(accounting, "tcp")
+        self.up = Pipeline(uplink, None, self.delay_s, loss, random.Random(seed), up_log, acc)
+        self.down = Pipeline(downlink, None, self.delay_s, 0.0, None, down_log, acc) if downlink is not None else None
         self._rt = RealtimeSection()
-        self.counters = {"packets": 0, "lost": 0, "discarded_at_deadline": 0, "wire_bytes": 0,
+        self.counters = {"packets": 0, "lost": 0, "discarded_at_deadline": 0, "wire_bytes": 0, "charged_bytes": 0,
+                         "header_bytes": 0, "headers_refused": 0, "headers_lost": 0, "ends_cut": 0,
                          "late_release_ms_max": 0.0}
         epoch = self.epoch_mono
         super().__init__(host, port, edge_minus_client_ns)
@@ -128,59 +140,101 @@ class ShapedLink(Link):
         if late > self.counters["late_release_ms_max"]:
             self.counters["late_release_ms_max"] = late
 
+    @property
+    def accounting(self) -> str:  # type: ignore[override]
+        return self.up.accounting.mode
+
+    def set_accounting(self, accounting: str | None) -> None:
+        """Switch byte accounting before the first message (the link spec's ``accounting``)."""
+        acc = Accounting.parse(accounting, "tcp")
+        for p in (self.up, self.down):
+            if p is not None:
+                p.accounting = acc
+
+    def _ship(self, rep: SendReport, frame: bytes, t_queue: float, deadline_link: float):
+        """Offer one frame to the uplink as one packet; unless refused or lost, wait for its release and write it."""
+        pkt = self.up.offer(len(frame), t_queue, deadline=deadline_link)
+        if pkt.fate == REFUSED:
+            self.counters["discarded_at_deadline"] += 1
+            return pkt
+        rep.packets_sent += 1
+        rep.wire_bytes_sent += len(frame)
+        self.counters["packets"] += 1
+        self.counters["wire_bytes"] += len(frame)
+        self.counters["charged_bytes"] += pkt.charged
+        if pkt.lost:
+            rep.packets_lost += 1
+            self.counters["lost"] += 1
+            return pkt
+        with self._rt():
+            self._sleep_until(pkt.t_release)
+            self._write(frame)
+        return pkt
+
+    def _hold_until_deadline(self, rep: SendReport, deadline_link: float) -> None:
+        """The packet the deadline cut held the link until then; the sender is done at the deadline."""
+        self.up.idle_until(deadline_link)
+        self._sleep_until(deadline_link)
+        rep.t_tx_end_ns = wall_ns()
+
     def send_message(self, msg_id: int, meta: dict, chunks: list[bytes], deadline_ns: int) -> SendReport:
         rep = SendReport(msg_id, wall_ns())
         # map the wall-clock deadline into link time once
         deadline_link = self._now() + (deadline_ns - wall_ns()) / 1e9
-        self._begin(msg_id, meta, chunks, deadline_ns)
+        begin = self._begin_frame(msg_id, meta, chunks, deadline_ns)  # a new codec's CODEC frame goes first
         t_queue = self._now()
         log = self.up.log
         if log is not None:
             log.hold(t_queue)  # arrivals at t_queue are offered until the message ends
-        last_release = None
+        last = None
         try:
-            for ci, chunk in enumerate(chunks):
-                chunk_ok = True
-                for off in range(0, max(len(chunk), 1), self.packet_bytes):
-                    frame = wire.data_frame(msg_id, ci, off, chunk[off:off + self.packet_bytes])
-                    pkt = self.up.offer(len(frame), t_queue, deadline=deadline_link)
-                    if pkt.fate == REFUSED:
-                        rep.aborted = True
-                        self.counters["discarded_at_deadline"] += 1
+            pkt = self._ship(rep, begin, t_queue, deadline_link)
+            if pkt.fate == REFUSED:  # the header cannot make it: nothing of the image is sent
+                rep.aborted = True
+                rep.header = "refused"
+                self.counters["headers_refused"] += 1
+            else:
+                self.counters["header_bytes"] += len(begin)
+                last = pkt
+                if pkt.lost:
+                    rep.header = "lost"
+                    self.counters["headers_lost"] += 1
+                for ci, chunk in enumerate(chunks):
+                    chunk_ok = True
+                    for off in range(0, max(len(chunk), 1), self.packet_bytes):
+                        frame = wire.data_frame(msg_id, ci, off, chunk[off:off + self.packet_bytes])
+                        pkt = self._ship(rep, frame, t_queue, deadline_link)
+                        if pkt.fate == REFUSED:
+                            rep.aborted = True
+                            break
+                        last = pkt
+                        chunk_ok = chunk_ok and not pkt.lost
+                    if rep.aborted:
                         break
-                    rep.packets_sent += 1
-                    rep.wire_bytes_sent += len(frame)
-                    self.counters["packets"] += 1
-                    self.counters["wire_bytes"] += len(frame)
-                    if pkt.lost:
-                        rep.packets_lost += 1
-                        self.counters["lost"] += 1
-                        chunk_ok = False
-                        continue
-                    with self._rt():
-                        self._sleep_until(pkt.t_release)
-                        self._write(frame)
-                    last_release = pkt.t_release
-                if rep.aborted:
-                    break
-                if chunk_ok:
-                    rep.chunk_times_ns.append(wall_ns())
-                    rep.chunks_delivered += 1
-                    rep.bytes_delivered += len(chunk)
+                    if chunk_ok:
+                        rep.chunk_times_ns.append(wall_ns())
+                        rep.chunks_delivered += 1
+                        rep.bytes_delivered += len(chunk)
+                if not rep.aborted:  # END is part of the message: it costs airtime and may be cut
+                    pkt = self._ship(rep, wire.end_frame(msg_id, False), t_queue, deadline_link)
+                    if pkt.fate == REFUSED:
+                        self.counters["ends_cut"] += 1
+                        self._hold_until_deadline(rep, deadline_link)
+                    else:
+                        last = pkt
         finally:
             if log is not None:
                 log.hold(None)
-        # the sender is done at the deadline (aborted: the partly sent packet
-        # held the link until then) or when the last byte left
         if rep.aborted:
-            self.up.idle_until(deadline_link)
-            self._sleep_until(deadline_link)
-            rep.t_tx_end_ns = wall_ns()
-        elif last_release is not None:
-            rep.t_tx_end_ns = self._wall_of(last_release - self.delay_s)
-        else:
-            rep.t_tx_end_ns = wall_ns()
-        self._write(wire.end_frame(msg_id, rep.aborted))
+            # no END follows an abort: it could not leave before the deadline either, and the
+            # edge closes the message at its deadline
+            self._hold_until_deadline(rep, deadline_link)
+        elif rep.t_tx_end_ns is None:
+            # the sender is done when the last byte of its last packet left (lost or not)
+            rep.t_tx_end_ns = self._wall_of(last.t_done) if last is not None else wall_ns()
+        if rep.header != "sent":  # the edge never heard of it: tell it at the deadline, so it still answers
+            self._void_at(msg_id, wire.VOID_REFUSED if rep.header == "refused" else wire.VOID_LOST, len(chunks),
+                          deadline_ns)
         return rep
 
     def _deliver_result(self, res: dict, t_arr_mono: float) -> None:
@@ -195,7 +249,8 @@ class ShapedLink(Link):
 
     def stats(self) -> dict:
         out = {"kind": self.kind, **self.counters, "uplink": self.uplink.describe(),
-               "downlink": self.downlink.describe() if self.downlink else None}
+               "downlink": self.downlink.describe() if self.downlink else None, **self._wire_stats(),
+               "accounting_detail": self.up.accounting.describe()}
         if self.medium is not None:
             out["medium_load_last"] = self.medium.load()
         return out

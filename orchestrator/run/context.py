@@ -10,6 +10,7 @@ handler (``on_event``) the runner installs.
 from __future__ import annotations
 
 import os
+import secrets as tokens
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -42,6 +43,8 @@ class RunContext:
         self.offsets: dict[str, dict] = {}
         #: the edge's listening port (0 until the edge role's prepare step set it)
         self.edge_port = 0
+        #: authenticates this run's clients at the edge (HMAC handshake); kept in memory only, never stored
+        self.secret = tokens.token_hex(16)
         #: per-run state of link kinds and other seams, keyed by their name
         self.state: dict[str, Any] = {}
         self.lock = threading.Lock()

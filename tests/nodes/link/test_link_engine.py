@@ -51,10 +51,11 @@ def test_both_shaped_paths_share_the_engine(edge_sink):
     plans = []
     link.up.on_packet = plans.append
     rep = link.send_message(1, {"codec": "x"}, [b"a" * 450, b"b" * 330], time.time_ns() + FAR)
-    _wait(lambda: len(sink.data_times()) >= len(plans))
+    _wait(lambda: len(sink.data_times()) >= len(plans) - 2)
     arrived = [t - link.epoch_mono for t in sink.data_times()]
     link.close()
-    assert rep.chunks_delivered == 2 and len(plans) == 5 and all(p.fate == SENT for p in plans)
+    # BEGIN, five DATA packets and END all cross the uplink
+    assert rep.chunks_delivered == 2 and len(plans) == 7 and all(p.fate == SENT for p in plans)
 
     shaper_plans = []
     sh = TraceShaper(sched, delay_ms=7)
@@ -64,9 +65,9 @@ def test_both_shaped_paths_share_the_engine(edge_sink):
         sh.submit("up", None, nbytes=p.nbytes, t=p.t_arrival)
     sh.close()
     assert [(p.t_done, p.t_release) for p in shaper_plans] == [(p.t_done, p.t_release) for p in plans]
-    # and the client really released each frame at its planned time (never early)
-    assert len(arrived) == len(plans)
-    for t, p in zip(arrived, plans):
+    # and the client really released each DATA frame at its planned time (never early)
+    assert len(arrived) == len(plans) - 2
+    for t, p in zip(arrived, plans[1:-1]):
         assert p.t_release - 1e-4 <= t < p.t_release + 0.05
 
 
@@ -114,15 +115,15 @@ def test_log_writer_does_not_delay_shaped_link_releases(tmp_path, edge_sink):
     assert sched.stalling.wait(2)
     rep = link.send_message(1, {"codec": "x"}, [b"z" * 1000], time.time_ns() + FAR)
     arrived = [t - link.epoch_mono for t in sink.data_times()]
-    _wait(lambda: len(sink.data_times()) >= len(plans))
+    _wait(lambda: len(sink.data_times()) >= len(plans) - 2)
     arrived = [t - link.epoch_mono for t in sink.data_times()]
     link.close()
-    assert rep.chunks_delivered == 1 and len(arrived) == len(plans) == 5
-    for t, p in zip(arrived, plans):
+    assert rep.chunks_delivered == 1 and len(arrived) == len(plans) - 2 == 5  # plus BEGIN and END
+    for t, p in zip(arrived, plans[1:-1]):
         assert p.t_release - 1e-4 <= t < p.t_release + 0.1
     assert link.stats()["late_release_ms_max"] < 100
     lg = read_linklog(tmp_path / "link.log")
-    assert len(lg.departures) == 5 and sum(n for _, n, _ in lg.departures) == rep.wire_bytes_sent
+    assert len(lg.departures) == 7 and sum(n for _, n, _ in lg.departures) == rep.wire_bytes_sent
 
 
 def _event_times(path) -> list[int]:

@@ -78,14 +78,15 @@ def _send_time(tmp_path, edge_sink, load: float | None, name: str) -> tuple[floa
 
 
 def test_shaped_link_loses_capacity_to_the_medium(tmp_path, edge_sink):
-    # 883 B in 9 frames (17 B header each) = 1036 B on the wire at 10 B/ms -> ~104 ms; at load 0.5 -> ~207 ms
+    # 883 B in 9 frames (17 B header each) + BEGIN (24 B) + END (12 B) = 1072 B on the wire at 10 B/ms
+    # -> ~107 ms; at load 0.5 -> ~214 ms
     t_free, st_free = _send_time(tmp_path, edge_sink, None, "free")
     t_half, st_half = _send_time(tmp_path, edge_sink, 0.5, "half")
     assert t_free == pytest.approx(0.100, abs=0.03)
     assert t_half == pytest.approx(0.200, abs=0.04)
     assert st_half["medium_load_last"] == pytest.approx(0.5)
     lg = read_linklog(tmp_path / "half.log")
-    assert len(lg.departures) == 9 and sum(n for _, n, _ in lg.departures) == st_half["wire_bytes"]
+    assert len(lg.departures) == 11 and sum(n for _, n, _ in lg.departures) == st_half["wire_bytes"]
     # the log's capacity is the scaled capacity: ~5 B/ms while the message was sent
     cap = sum(n for t, n in lg.capacity if t < 150)
     assert cap == pytest.approx(750, rel=0.1)
