@@ -44,6 +44,7 @@ class RunEvent(str, Enum):
     JAMMER_LAPSED = "jammer_lapsed"        # a heartbeat found the jammer idle (watchdog, crash) during jamming
     JAMMER_REARMED = "jammer_rearmed"
     JAMMER_REARM_FAILED = "jammer_rearm_failed"
+    TRIALS_DAMAGED = "trials_damaged"      # resume skipped lines of trials.jsonl that are not records
     INPUTS_CHANGED = "inputs_changed"      # resume found changed inputs and was told to go on
     INPUTS_UNVERIFIED = "inputs_unverified"  # resume of a run that recorded no input hashes
     STALE_LOCK_REPLACED = "stale_lock_replaced"  # the run directory's lock was left by a dead process

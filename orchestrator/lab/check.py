@@ -157,17 +157,17 @@ def check_node(node: str, cfg: Any, t: Transport | None, *, clock: bool = True, 
         if clock:
             nc.clock = clock_probe(handle, 8)
     except Exception as exc:
-        tail = ""
-        try:
-            tail = (logs / f"{node}-probe.log").read_text(errors="replace").strip().splitlines()[-1]
-        except (OSError, IndexError):
-            pass
-        if "venv is missing" in tail:
+        # an agent that dies before it is ready is reported at once, with its exit status and last log lines
+        tail = handle.log_tail() if handle is not None else []
+        if any("venv is missing" in ln for ln in tail):
             nc.set("provisioned", "fail", "no venv", "run `hilbed provision`", f"no venv in {wd}")
         else:
+            why = str(exc) or type(exc).__name__
+            if tail and tail[-1][:300] not in why:
+                why += "; last lines of its log: " + " | ".join(ln[:300] for ln in tail)
             nc.set("provisioned" if tkind == "ssh" else "python", "fail", "probe failed",
                    "run `hilbed provision`" if tkind == "ssh" else "check the controller's Python environment",
-                   f"the probe agent failed: {tail or exc}")
+                   f"the probe agent failed: {why}")
         nc.seconds = round(time.monotonic() - t0, 3)
         return nc
     finally:

@@ -24,6 +24,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import shlex
 import socket
 import subprocess
@@ -41,6 +42,8 @@ from invoke.exceptions import CommandTimedOut
 from hilbed.orchestrator.lab.transport import AgentProcess, CommandResult, Transport
 
 log = logging.getLogger("hilbed.ssh")
+#: paramiko's own messages, one line each (its tracebacks only at debug level); never printed on the terminal
+paramiko_log = logging.getLogger("hilbed.ssh.paramiko")
 
 #: controller environment variables passed on to remote agents when set
 FORWARD_ENV = ("HILBED_LOG",)
@@ -69,6 +72,84 @@ class NodeUnreachable(SSHError):
 
 class AuthFailed(SSHError):
     """The server refused our key."""
+
+
+_TRACEBACK_LINE = re.compile(r"^(\s|Traceback \(|During handling of|The above exception|[\w.]*(Error|Exception|Exit|"
+                             r"Interrupt|timeout)\b(:|$))")
+
+
+class _ParamikoRelay(logging.Handler):
+    """paramiko logs at ERROR, line by line, every traceback of its transport thread ("Socket exception",
+    "Secsh channel N open FAILED" during every reconnect). With no logging configured Python prints them on
+    the terminal. They go to ``hilbed.ssh.paramiko`` instead, at INFO (the run's ssh.log keeps them; the
+    terminal's last-resort handler does not print INFO), and the traceback lines only at DEBUG: the
+    transport's own errors already name the node and the fix."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+        except Exception:  # a malformed record must not take the transport thread down
+            return
+        if not msg.strip() or _TRACEBACK_LINE.match(msg):
+            paramiko_log.debug("paramiko traceback: %s", msg)
+        else:
+            paramiko_log.info("paramiko %s: %s", record.levelname.lower(), msg)
+
+
+def _quiet_paramiko() -> None:
+    """Route paramiko's logger through :class:`_ParamikoRelay`, once (WARNING and up only)."""
+    plog = logging.getLogger("paramiko")
+    if any(isinstance(h, _ParamikoRelay) for h in plog.handlers):
+        return
+    plog.addHandler(_ParamikoRelay())
+    plog.propagate = False
+    if plog.level == logging.NOTSET:
+        plog.setLevel(logging.WARNING)
+
+
+_quiet_paramiko()
+
+
+class _RunLogs:
+    """``<run>/logs/ssh.log``: this module's messages (paramiko's included) while a transport that started
+    agents with their logs in that directory is open. Shared by transports, counted, removed on close."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._handlers: dict[Path, list] = {}  # path -> [FileHandler, users]
+
+    def acquire(self, path: Path) -> None:
+        with self._lock:
+            ent = self._handlers.get(path)
+            if ent is None:
+                try:
+                    h = logging.FileHandler(path, encoding="utf-8", delay=True)
+                except OSError:
+                    return
+                h.setLevel(logging.INFO)
+                h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+                log.addHandler(h)
+                if log.getEffectiveLevel() > logging.INFO:
+                    log.setLevel(logging.INFO)
+                ent = self._handlers[path] = [h, 0]
+            ent[1] += 1
+
+    def release(self, path: Path) -> None:
+        with self._lock:
+            ent = self._handlers.get(path)
+            if ent is None:
+                return
+            ent[1] -= 1
+            if ent[1] <= 0:
+                del self._handlers[path]
+                log.removeHandler(ent[0])
+                try:
+                    ent[0].close()
+                except OSError:
+                    pass
+
+
+_RUN_LOGS = _RunLogs()
 
 
 def parse_jump(spec: str) -> tuple[str | None, str, int]:
@@ -111,6 +192,13 @@ def _shell_path(p: str) -> str:
     return shlex.quote(p)
 
 
+def _local_shell_path(p: str) -> str:
+    """A path on this machine for a command line the user pastes: quoted, ``~/`` left to their shell."""
+    if p.startswith("~/"):
+        return "~/" + shlex.quote(p[2:])
+    return shlex.quote(p)
+
+
 def _sftp_path(p: str) -> str:
     """SFTP paths are relative to the login directory: ``~/x`` -> ``x``."""
     if p == "~":
@@ -121,18 +209,38 @@ def _sftp_path(p: str) -> str:
 
 
 class HintingRejectPolicy(paramiko.RejectPolicy):
-    """Strict checking: refuse an unknown host key, naming the node and the fix."""
+    """Strict checking: refuse an unknown host key, naming the node and the fix.
 
-    def __init__(self, node: str, known_hosts: str, port: int, what: str = "node"):
+    Behind a ``proxy_jump`` the controller cannot reach the node, so ``ssh-keyscan`` has to run on the
+    gateway (its output is appended here); ``ssh -J`` is no way to record the key either, because options
+    given on the command line (``UserKnownHostsFile``, ``-i``) do not apply to the jump hop.
+    """
+
+    def __init__(self, node: str, known_hosts: str, port: int, what: str = "node", jump: str | None = None,
+                 key_file: str | None = None):
         self.node, self.known_hosts, self.port, self.what = node, known_hosts, port, what
+        self.jump, self.key_file = jump, key_file
+
+    def keyscan_command(self, hostname: str) -> str:
+        """The shell command that records ``hostname``'s keys in our known_hosts (through the gateway if any)."""
+        scan = f"ssh-keyscan -p {self.port} {shlex.quote(_bare(hostname))}"
+        kh = _local_shell_path(self.known_hosts)
+        if not self.jump:
+            return f"{scan} >> {kh}"
+        guser, ghost, gport = parse_jump(self.jump)
+        opts = f"-o UserKnownHostsFile={kh}" + (f" -i {_local_shell_path(self.key_file)}" if self.key_file else "") + \
+            (f" -p {gport}" if gport != 22 else "")
+        return f"ssh {opts} {shlex.quote((guser + '@' if guser else '') + ghost)} {scan} >> {kh}"
 
     def missing_host_key(self, client, hostname, key):
+        where = f" behind gateway {self.jump}" if self.jump else ""
         raise HostKeyError(
-            self.node, f"{self.what} host key for {hostname} is not in {self.known_hosts} "
+            self.node, f"{self.what} host key for {hostname}{where} is not in {self.known_hosts} "
                        f"({key.get_name()} {fingerprint(key)}); strict host-key checking refuses it",
             f"check the fingerprint on the node (ssh-keygen -lf /etc/ssh/ssh_host_{_key_file_kind(key)}_key.pub), then "
-            f"`ssh-keyscan -p {self.port} {_bare(hostname)} >> {self.known_hosts}`, or set "
-            "`accept_new_host_keys: true` on this node to record it on first use")
+            f"`{self.keyscan_command(hostname)}`" + (" (ssh-keyscan runs on the gateway: this machine cannot "
+                                                      "reach the node)" if self.jump else "") +
+            ", or set `accept_new_host_keys: true` on this node to record it on first use")
 
 
 class AcceptNewPolicy(paramiko.MissingHostKeyPolicy):
@@ -232,6 +340,7 @@ class SSHAgentProcess(AgentProcess):
         self.pidfile = pidfile
         self.stdin = _ChannelStdin(chan)
         self.stdout = chan.makefile("rb")
+        self.log_path = log_path
         self._remote_pid: int | None = None
         self._stderr = threading.Thread(target=self._pump_stderr, args=(log_path,), daemon=True,
                                         name=f"ssh-stderr-{transport.node}")
@@ -308,12 +417,22 @@ class SSHTransport(Transport):
         self._stop = threading.Event()
         self.connects = 0
         self.last_error: str | None = None
+        self._run_logs: set[Path] = set()
 
     # -- connection -------------------------------------------------------
     def _policy(self, port: int, what: str = "node") -> paramiko.MissingHostKeyPolicy:
         if self.cfg.accept_new_host_keys:
             return AcceptNewPolicy(self.node, self.known_hosts)
-        return HintingRejectPolicy(self.node, self.known_hosts, port, what)
+        jump = self.cfg.proxy_jump if what == "node" else None
+        if jump:
+            try:
+                parse_jump(jump)
+            except ValueError:
+                jump = None
+        if jump:  # the gateway's user defaults to the node's, as in _gateway()
+            guser, ghost, gport = parse_jump(jump)
+            jump = f"{guser or self.user}@{ghost}" + (f":{gport}" if gport != 22 else "")
+        return HintingRejectPolicy(self.node, self.known_hosts, port, what, jump=jump, key_file=self.cfg.key_file)
 
     def _make_connection(self, host: str, port: int, user: str, gateway: Connection | None,
                          what: str = "node") -> Connection:
@@ -538,6 +657,14 @@ class SSHTransport(Transport):
 
     def start_agent(self, module: str, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> AgentProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        ssh_log = log_path.parent / "ssh.log"
+        if ssh_log not in self._run_logs:
+            self._run_logs.add(ssh_log)
+            _RUN_LOGS.acquire(ssh_log)
+        try:
+            log_offset = log_path.stat().st_size
+        except OSError:
+            log_offset = 0
         wd = _shell_path(self.workdir)
         token = f"{module}-{uuid.uuid4().hex[:10]}"
         pidfile = f"{wd}/run/{token}.pid"
@@ -557,7 +684,9 @@ class SSHTransport(Transport):
         except (paramiko.SSHException, OSError, EOFError) as exc:
             raise NodeUnreachable(self.node, f"cannot start {module}: {exc}") from None
         log.info("node %s: started %s over SSH", self.node, module)
-        return SSHAgentProcess(self, chan, module, pidfile, log_path)
+        proc = SSHAgentProcess(self, chan, module, pidfile, log_path)
+        proc.log_offset = log_offset
+        return proc
 
     # -- lifecycle --------------------------------------------------------
     def close(self) -> None:
@@ -571,6 +700,9 @@ class SSHTransport(Transport):
             if self._gw_key is not None:
                 _GATEWAYS.release(self._gw_key)
                 self._gw_key = None
+            for p in self._run_logs:
+                _RUN_LOGS.release(p)
+            self._run_logs.clear()
 
     def describe(self) -> str:
         via = f" via {self.cfg.proxy_jump}" if self.cfg.proxy_jump else ""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -21,6 +22,17 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable
+
+from hilbed.orchestrator.errors import RunError
+
+log = logging.getLogger("hilbed.agent")
+
+#: how often wait_ready looks whether the agent died; how long it waits for a dead agent's exit status
+READY_POLL_S = 0.05
+EXIT_WAIT_S = 1.0
+#: lines (and at most bytes) of a dead agent's log quoted in the error
+LOG_TAIL_LINES = 5
+LOG_TAIL_BYTES = 16384
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # orchestrator/lab/transport.py -> the checkout (or site-packages/hilbed)
 
@@ -46,6 +58,9 @@ class AgentProcess:
 
     stdin: IO[bytes]
     stdout: IO[bytes]
+    #: the agent's stderr log and its size before this start: the tail after it is this agent's last words
+    log_path: Path | None = None
+    log_offset: int = 0
 
     def alive(self) -> bool:
         raise NotImplementedError
@@ -149,10 +164,13 @@ class LocalTransport(Transport):
         full_env.setdefault("PYTHONUNBUFFERED", "1")
         full_env.update(env or {})
         with open(log_path, "ab") as logf:
+            offset = logf.tell()
             popen = subprocess.Popen([self.python, "-m", module, *args], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=logf, env=full_env, cwd=str(REPO_ROOT),
                                      start_new_session=True)
-        return LocalAgentProcess(popen)
+        proc = LocalAgentProcess(popen)
+        proc.log_path, proc.log_offset = log_path, offset
+        return proc
 
     def describe(self) -> str:
         return f"local ({self.python})"
@@ -161,9 +179,17 @@ class LocalTransport(Transport):
 class AgentHandle:
     """Controller side of one agent's JSON-lines channel."""
 
-    def __init__(self, node: str, role: str, proc: AgentProcess, on_event: Callable[[str, str, dict], None] | None = None):
+    def __init__(self, node: str, role: str, proc: AgentProcess,
+                 on_event: Callable[[str, str, dict], None] | None = None, log_path: Path | None = None):
         self.node, self.role, self.proc = node, role, proc
         self.on_event = on_event
+        #: the agent's stderr log; its last lines go into the error when the agent dies before it is ready
+        self.log_path = Path(log_path) if log_path is not None else getattr(proc, "log_path", None)
+        self._log_offset = getattr(proc, "log_offset", 0) if log_path is None or \
+            Path(log_path) == getattr(proc, "log_path", None) else 0
+        #: the first exception the event handler raised (the channel goes on; the run decides what it means)
+        self.handler_error: BaseException | None = None
+        self.handler_errors = 0
         self._ids = itertools.count(1)
         self._pending: dict[int, Future] = {}
         self._lock = threading.Lock()
@@ -184,25 +210,32 @@ class AgentHandle:
                     msg = json.loads(line)
                 except ValueError:
                     continue  # not protocol: ignore
+                if not isinstance(msg, dict):
+                    continue
                 if "event" in msg:
                     if msg["event"] == "ready":
                         self.ready.set()
                     if self.on_event:
                         try:
                             self.on_event(self.node, self.role, msg)
-                        except Exception:  # a bad handler must not kill the channel
-                            import traceback
-                            traceback.print_exc()
+                        except Exception as exc:  # a bad handler must not kill the channel
+                            self._handler_failed(msg, exc)
                     continue
+                rid = msg.get("id")
+                if type(rid) is not int:
+                    continue  # not a reply to anything we asked
                 with self._lock:
-                    fut = self._pending.pop(msg.get("id"), None)
-                if fut is not None:
+                    fut = self._pending.pop(rid, None)
+                if fut is not None and not fut.done():
                     if msg.get("ok"):
                         fut.set_result(msg.get("result"))
                     else:
                         fut.set_exception(AgentFailed(f"{self.node}/{self.role}: {msg.get('error')}"))
         except (OSError, ValueError):
             pass
+        except Exception as exc:  # never leave the handle alive-looking with a dead reader
+            self.death_reason = self.death_reason or f"reader failed: {type(exc).__name__}: {exc}"
+            log.debug("reader of %s/%s failed", self.node, self.role, exc_info=exc)
         self.death_reason = self.death_reason or "channel closed"
         self.dead.set()
         with self._lock:
@@ -210,6 +243,20 @@ class AgentHandle:
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(AgentFailed(f"{self.node}/{self.role}: agent exited ({self.death_reason})"))
+
+    def _handler_failed(self, msg: dict, exc: Exception) -> None:
+        """Keep the first error and log one line: a RunError (the store refused a write) is reported by
+        the run when it next writes; anything else is a bug: its first occurrence is a warning line, the
+        rest (and every traceback) are at debug level, so a handler failing on every record cannot flood
+        the terminal."""
+        first = self.handler_error is None
+        if first:
+            self.handler_error = exc
+        self.handler_errors += 1
+        level = logging.WARNING if first and not isinstance(exc, RunError) else logging.DEBUG
+        log.log(level, "%s/%s: handling event %r failed: %s: %s", self.node, self.role, msg.get("event"),
+                type(exc).__name__, exc)
+        log.debug("event handler traceback", exc_info=exc)
 
     def call_async(self, op: str, **args) -> Future:
         rid = next(self._ids)
@@ -238,8 +285,45 @@ class AgentHandle:
             raise AgentFailed(f"{self.node}/{self.role}: {op} timed out after {timeout} s") from None
 
     def wait_ready(self, timeout: float) -> None:
-        if not self.ready.wait(timeout) or self.dead.is_set():
-            raise AgentFailed(f"{self.node}/{self.role}: agent did not start ({self.death_reason or 'no ready event'})")
+        """Return once the agent said ``ready``; AgentFailed as soon as it died instead (not after ``timeout``),
+        with its exit status and the last lines of its log, or after ``timeout`` without either."""
+        end = time.monotonic() + timeout
+        while not self.ready.is_set():
+            if self.dead.is_set():
+                break
+            left = end - time.monotonic()
+            if left <= 0:
+                raise AgentFailed(f"{self.node}/{self.role}: agent did not start: no ready event within "
+                                  f"{timeout:g} s{self._log_tail_text()}")
+            self.ready.wait(min(left, READY_POLL_S))
+        if self.dead.is_set():
+            status = self.proc.wait(EXIT_WAIT_S)  # an SSH agent's stderr is complete in its log once it returns
+            why = self.death_reason or "channel closed"
+            if status is not None:
+                why += f", exit status {status}"
+            raise AgentFailed(f"{self.node}/{self.role}: agent did not start ({why}){self._log_tail_text()}")
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> list[str]:
+        """The last ``lines`` non-empty lines this agent wrote to its log ([] when there is none)."""
+        if self.log_path is None:
+            return []
+        try:
+            with open(self.log_path, "rb") as f:
+                size = f.seek(0, os.SEEK_END)
+                start = max(self._log_offset if self._log_offset <= size else 0, size - LOG_TAIL_BYTES)
+                f.seek(start)
+                data = f.read()
+        except OSError:
+            return []
+        text = data.decode("utf-8", errors="replace")
+        out = [ln.rstrip() for ln in text.splitlines() if ln.strip()]
+        return out[-lines:]
+
+    def _log_tail_text(self) -> str:
+        tail = self.log_tail()
+        if not tail:
+            return f"; its log {self.log_path} is empty" if self.log_path is not None else ""
+        return f"; last lines of {self.log_path}: " + " | ".join(ln[:300] for ln in tail)
 
     def close(self, timeout: float = 5.0) -> None:
         """Close stdin (the agent tears down) and make sure the process is gone."""

@@ -24,10 +24,8 @@ resume redo trials whose interruption was never recovered.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -150,32 +148,21 @@ class Recovery:
         self.reapply(cond, trial, restarted)
 
 
-def _events(path: Path) -> list[dict]:
-    out = []
-    if not path.exists():
-        return out
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
-
-
-def open_interruptions(events_path: Path) -> set[str]:
-    """Trials whose last interruption was never followed by a recovered attempt."""
+def open_interruptions(store: Any) -> set[str]:
+    """Trials whose last interruption was never followed by a recovered attempt (damaged lines are skipped)."""
     state: dict[str, bool] = {}
-    for ev in _events(Path(events_path)):
-        k = ev.get("kind")
+    for ev in store.events():
+        k, tid = ev.get("kind"), ev.get("trial_id")
+        if not isinstance(tid, str):
+            continue
         if k == "trial_interrupted":
-            state[ev["trial_id"]] = True
+            state[tid] = True
         elif k == "trial_recovered":
-            state[ev["trial_id"]] = False
+            state[tid] = False
     return {tid for tid, open_ in state.items() if open_}
 
 
 def resume_done_keys(store: Any) -> set[tuple[str, str, int]]:
     """Keys ``hilbed resume`` may skip: finished, and not from a trial left interrupted."""
-    bad = open_interruptions(store.events_path)
+    bad = open_interruptions(store)
     return {k for k in store.done_keys() if k[0] not in bad}

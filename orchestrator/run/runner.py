@@ -116,11 +116,16 @@ class Runner:
             store = RunStore(Path(resume_dir))
             if not store.manifest_path.exists():
                 raise RunError(f"{resume_dir}: not a run directory (no manifest.json)")
+            store.check_writable()  # a read-only run directory: one line, before the lock is even tried
             self.lock = self._take_lock(store.root, force_unlock)
-            manifest = store.read_manifest()
-            testbed = load_testbed(manifest["testbed"]["path"], self._testbed_text(manifest))
-            scenario = load_scenario(manifest["scenario"]["path"], manifest["scenario"]["text"])
-            self._verify_inputs(store, manifest, testbed, scenario, accept_changed_inputs)
+            try:
+                manifest = store.read_manifest()
+                testbed = load_testbed(manifest["testbed"]["path"], self._testbed_text(manifest))
+                scenario = load_scenario(manifest["scenario"]["path"], manifest["scenario"]["text"])
+                self._verify_inputs(store, manifest, testbed, scenario, accept_changed_inputs)
+            except BaseException:
+                self.lock.release()  # a refused resume leaves the directory as it found it
+                raise
             self.resuming = True
         else:
             assert testbed_path is not None and scenario_path is not None
@@ -288,6 +293,11 @@ class Runner:
         t0 = time.monotonic()
         if self._stale_lock:
             self.ctx.event(RunEvent.STALE_LOCK_REPLACED, **self._stale_lock)
+        if self.resuming:
+            damage = self.store.scan()
+            if damage.damaged:  # say what was skipped; resume goes on from what is intact
+                self.ctx.event(RunEvent.TRIALS_DAMAGED, **damage.as_dict())
+                self.console.print(f"[yellow]{damage.summary()}[/]")
         done = resume_done_keys(self.store) if self.resuming else set()
         if self.resuming:
             dropped = self.store.repair_tail()

@@ -71,7 +71,7 @@ def _write_error(action: str, path: Path, exc: BaseException, then: str = "") ->
         hint = "free space on that filesystem"
     elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
         hint = "make the directory writable or use another results directory (--results-dir)"
-    hint = "; ".join(x for x in (hint, then) if x)
+    hint = f"{hint}, then {then}" if hint and then else (hint or then)
     return StoreError(f"cannot {action} {path}: {_os_reason(exc)}" + (f"; {hint}" if hint else ""), path,
                       code if isinstance(code, int) else None)
 
@@ -115,8 +115,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         _write_all(fd, data)
         os.fsync(fd)
-        os.close(fd)
-        fd = -1
+        fd, closing = -1, fd
+        os.close(closing)
         os.replace(tmp, path)
     except OSError as exc:
         if fd >= 0:
@@ -440,8 +440,8 @@ class RunStore:
                     except OSError:
                         pass
                 self.failure = _write_error("append to", path, exc,
-                                            f"records written before are intact: `hilbed resume {self.root}` "
-                                            "then measures what is missing")
+                                            f"`hilbed resume {self.root}` measures the rest (the records written "
+                                            "so far are intact)")
                 raise self.failure from None
 
     def append_record(self, rec: dict) -> None:
