@@ -177,9 +177,29 @@ def watchdog_warnings(events: list[dict] | None) -> list[str]:
     return out
 
 
+#: a shaped link whose releases were later than this at p99 did not serve the trace as written
+RELEASE_P99_LIMIT_MS = 1.0
+
+
+def release_warnings(events: list[dict] | None) -> list[str]:
+    """Shaped links report how late their packet releases were; the trace holds only if that stayed small."""
+    out = []
+    for ev in events or []:
+        r = ev.get("result") if ev.get("kind") == "link_stats" else None
+        if not isinstance(r, dict):
+            continue
+        p99 = r.get("late_release_ms_p99")
+        if isinstance(p99, (int, float)) and p99 > RELEASE_P99_LIMIT_MS:
+            rt = "" if r.get("realtime_priority", True) else " without real-time priority"
+            out.append(f"the shaped link of {ev.get('node', '?')} released packets {p99:.2f} ms late at p99{rt} "
+                       f"(limit {RELEASE_P99_LIMIT_MS:g} ms over {r.get('releases_timed')} releases): its latencies "
+                       "include host scheduling delay the trace does not have")
+    return out
+
+
 def all_warnings(lat: pd.DataFrame, summ: pd.DataFrame, manifests: list[dict],
                  events: list[dict] | None = None) -> list[str]:
     if len(lat) == 0:
         return ["no records"] + run_warnings(lat, manifests)
     return (run_warnings(lat, manifests) + clock_warnings(lat, manifests) + jammer_warnings(lat, manifests, events)
-            + watchdog_warnings(events) + sample_warnings(summ))
+            + watchdog_warnings(events) + release_warnings(events) + sample_warnings(summ))

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 
+from hilbed.nodes.hostload import rt_priority_allowed
 from hilbed.nodes.agent import Agent, run_agent
 
 SERIAL_FIXES = {
@@ -121,6 +122,7 @@ class ProbeAgent(Agent):
             "hostname": platform.node(), "python": platform.python_version(), "executable": sys.executable,
             "platform": platform.platform(), "machine": platform.machine(), "disk_free_bytes": du.free,
             "disk_path": probe_dir, "uptime_s": uptime_s(), "boot_time": boot_time(), "time_ns": time.time_ns(),
+            "rt_priority": rt_priority_allowed(),
         }
         if serial:
             out["serial"] = serial_status(serial)

@@ -39,10 +39,10 @@ FIELDS: dict[str, tuple[str, str]] = {
     "bytes_total": ("int64", "encoded payload bytes of the image (codec output)"),
     "header_bytes": ("int64", "bytes of format headers/tables inside bytes_total"),
     "bytes_delivered": ("int64", "payload bytes the edge received by the deadline"),
-    "wire_bytes_sent": ("int64", "bytes put on the link incl. per-packet framing"),
+    "wire_bytes_sent": ("int64", "bytes put on the link: BEGIN header + DATA frames (17 B framing each) + END; radio: radio frames only"),
     "chunks_total": ("int32", "chunks the codec produced (1 unless progressive)"),
     "chunks_delivered": ("int32", "leading chunks complete at the edge by the deadline"),
-    "packets_sent": ("int32", "link packets sent"),
+    "packets_sent": ("int32", "link packets sent (BEGIN and END included)"),
     "packets_lost": ("int32", "link packets lost (drops)"),
     "retries": ("int32", "radio MAC retries (0 on non-radio links)"),
     "rssi_dbm": ("float64", "mean received signal strength, dBm (radio links)"),
@@ -69,7 +69,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "client_clock_offset_ns": ("int64", "client clock minus controller clock (ns)"),
     "edge_clock_offset_ns": ("int64", "edge clock minus controller clock (ns)"),
     "clock_uncertainty_ns": ("int64", "sum of both offsets' uncertainties (ns)"),
-    "close_reason": ("string", "end | aborted | deadline | disconnect | superseded"),
+    "close_reason": ("string", "end | aborted | deadline | disconnect | superseded | unsent | header_lost | rejected"),
     "error": ("string", "error text when the image produced no reply"),
 }
 

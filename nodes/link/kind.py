@@ -68,7 +68,8 @@ class LinkKind:
             h = ctx.live_agent(n, "client")
             if h is not None:
                 try:
-                    ctx.event("link_stats", node=n, result=h.call("close_link", timeout=30))
+                    ctx.event("link_stats", node=n, condition=ctx.state.get("condition"),
+                              result=h.call("close_link", timeout=30))
                 except Exception:  # a dying agent: its records are already stored
                     pass
 

@@ -22,9 +22,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from hilbed.orchestrator.roles import CHECK_GPU, CHECK_IPERF3, ROLES
 from hilbed.orchestrator.lab.transport import AgentHandle, Transport, clock_probe
 
-COLUMNS = ("reachable", "provisioned", "python", "disk", "serial", "iperf3", "gpu", "clock", "uptime")
+COLUMNS = ("reachable", "provisioned", "python", "disk", "serial", "iperf3", "gpu", "rt prio", "clock", "uptime")
 MIN_PYTHON = (3, 10)
 DISK_FAIL_BYTES = 200 * 2**20
 DISK_WARN_BYTES = 1 * 2**30
@@ -143,7 +144,8 @@ def check_node(node: str, cfg: Any, t: Transport | None, *, clock: bool = True, 
     # 2. facts and clock from a probe agent (same channel kind as the real agents)
     radio = getattr(cfg, "radio", None)
     want_gpu = None
-    if "edge" in cfg.roles:
+    checks = {c for r in cfg.roles if r in ROLES for c in ROLES[r].checks}
+    if CHECK_GPU in checks:
         want_gpu = "torch" if (deep or cfg.device == "cuda") else "driver"
     handle = None
     logs = Path(log_dir) if log_dir else Path(tempfile.gettempdir())
@@ -152,7 +154,7 @@ def check_node(node: str, cfg: Any, t: Transport | None, *, clock: bool = True, 
         handle = AgentHandle(node, "probe", proc)
         handle.wait_ready(60)
         facts = handle.call("check", timeout=120, workdir=wd, serial=radio.port if radio else None,
-                            iperf3="jammer" in cfg.roles, gpu=want_gpu)
+                            iperf3=CHECK_IPERF3 in checks, gpu=want_gpu)
         nc.facts = facts
         if clock:
             nc.clock = clock_probe(handle, 8)
@@ -202,6 +204,10 @@ def _judge(nc: NodeCheck, cfg: Any, facts: dict, *, source_hash: str | None, nee
         ok_py = tuple(int(x) for x in py.split(".")[:2]) >= MIN_PYTHON
     except ValueError:
         ok_py = False
+    if "rt_priority" in facts:  # shaped links release precisely only with SCHED_FIFO
+        nc.set("rt prio", "ok" if facts["rt_priority"] else "warn", "yes" if facts["rt_priority"] else "no",
+               "" if facts["rt_priority"] else "run as root or raise RLIMIT_RTPRIO (limits.conf rtprio) for the "
+               "agents' user: without it shaped links release packets less precisely (the report warns)")
     nc.set("python", "ok" if ok_py else "fail", py,
            "" if ok_py else f"install Python >= {'.'.join(map(str, MIN_PYTHON))} on the node")
     free = facts.get("disk_free_bytes")

@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from hilbed.orchestrator.lab.transport import REPO_ROOT, Transport
+from hilbed.orchestrator.roles import ROLES
 
 SOURCE_DIRS = ("hilbed", "orchestrator", "firmware_bridge", "nodes", "analysis")
 SOURCE_FILES = ("pyproject.toml", "setup.py", "README.md")
-ROLE_EXTRAS = {"client": "client", "edge": "edge", "jammer": "jammer"}
 #: requirement name -> import name, where they differ
 IMPORT_NAMES = {"pillow": "PIL", "pyserial": "serial", "pyyaml": "yaml", "scikit-learn": "sklearn"}
 SETUP_NAME = ".hilbed-setup.py"
@@ -238,7 +238,8 @@ class NodeResult:
 
 
 def node_extras(roles: Iterable[str]) -> list[str]:
-    return sorted({ROLE_EXTRAS[r] for r in roles if r in ROLE_EXTRAS})
+    """The optional-dependency groups a node's roles need (from the roles table)."""
+    return sorted({ROLES[r].extra for r in roles if r in ROLES and ROLES[r].extra})
 
 
 def _q(workdir: str) -> str:

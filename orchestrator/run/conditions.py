@@ -162,6 +162,7 @@ class Conditions:
     def open_link(self, cond: Any) -> None:
         kind = self.kind(cond.link.kind)
         self.current = kind
+        self.ctx.state["condition"] = cond.name  # events of the kind's sides name the condition they belong to
         try:
             kind.apply(self.ctx, cond)
             facts = kind.verify(self.ctx, cond)

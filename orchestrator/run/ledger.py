@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from hilbed.nodes.link.linklog import read_linklog
+
 #: an arrival this close after a window's end still counts as inside it (windows follow each other back to back)
 WINDOW_SLACK_NS = 150_000_000
 #: the last, unfinished window of a condition (the jammer is stopped mid-window and never reports it): images in
@@ -178,3 +180,71 @@ def settle_jammer_loads(records: list[dict], scenario: Any, windows: dict[str, W
                           "t_start_ns": min(ts), "t_end_ns": max(ts), "records": len(rs),
                           "reason": rs[0]["jammer_note"]})
     return records, unapplied
+
+
+def applied_ledger(events_path: Path, scenario: Any, windows: dict[str, Windows], records: list[dict]) -> dict:
+    """Per condition: what was asked and what was measured, from the run's events (for the manifest).
+
+    jamming: the level asked, the load of every 1 s window that fell in the condition, lapses and re-arms;
+    link: the kind, what its ``verify`` found, tc rates set, each client link's statistics when it closed
+    (bytes charged, accounting, late releases) and the images whose load could not be measured.
+    """
+    out: dict[str, dict] = {c.name: {"jamming": {"asked": c.jamming if not c.jamming_schedule else "schedule",
+                                                 "schedule": [s.model_dump() for s in c.jamming_schedule or []] or None,
+                                                 "set": [], "windows": 0, "load": None, "lapses": []},
+                                     "link": {"kind": c.link.kind, "verified": [], "tc": [], "stats": {}}}
+                           for c in scenario.conditions}
+    spans: dict[str, list[int]] = {}
+    for r in records:
+        if r.get("t_arrival_ns") is not None and r.get("condition") in out:
+            sp = spans.setdefault(r["condition"], [int(r["t_arrival_ns"])] * 2)
+            sp[0], sp[1] = min(sp[0], int(r["t_arrival_ns"])), max(sp[1], int(r["t_arrival_ns"]))
+    for ev in _events(events_path):
+        cond = out.get(str(ev.get("condition")))
+        if cond is None:
+            continue
+        k = ev.get("kind")
+        if k == "jammer_level":
+            res = ev.get("result") or {}
+            cond["jamming"]["set"].append({"node": ev.get("node"), "level": res.get("level"), "params": res.get(
+                "params"), "first_load": res.get("load"), "first_mbps": res.get("mbps")})
+        elif k in ("jammer_lapsed", "jammer_rearmed", "jammer_rearm_failed"):
+            cond["jamming"]["lapses"].append({"kind": k, "node": ev.get("node"), "t_ns": ev.get("t_ns"),
+                                              "reason": ev.get("reason") or ev.get("error")})
+        elif k == "link_applied":
+            cond["link"]["verified"].append(ev.get("facts"))
+        elif k == "tc_applied":
+            cond["link"]["tc"].append({"node": ev.get("node"), **(ev.get("facts") or {})})
+        elif k == "link_stats":
+            cond["link"]["stats"][str(ev.get("node"))] = ev.get("result")
+    logs = events_path.parent / "logs"
+    for name in out:
+        for log in sorted(logs.glob(f"link-*-{name}.log")) if logs.is_dir() else []:
+            client = log.name[len("link-"):-len(f"-{name}.log")]
+            try:
+                lg = read_linklog(log)
+            except (OSError, ValueError) as exc:
+                out[name]["link"].setdefault("served", {})[client] = {"error": str(exc)}
+                continue
+            base = lg.base_ms or 0
+            end = lg.end_ms if lg.end_ms is not None else max([t for t, *_ in lg.capacity] or [base])
+            secs = max(1e-3, (end - base) / 1000.0)
+            cap = sum(n for _, n in lg.capacity)
+            served = {"seconds": round(secs, 3), "kbps_mean": round(cap * 8 / 1000 / secs, 3),
+                      "bytes_delivered": sum(d[1] for d in lg.departures), "from": log.name}
+            span = spans.get(name)
+            if span and lg.init_unix_ms is not None:  # while images were being sent (after jamming was set)
+                a_ms = span[0] / 1e6 - lg.init_unix_ms + base
+                b_ms = span[1] / 1e6 - lg.init_unix_ms + base
+                during = sum(n for t, n in lg.capacity if a_ms <= t < b_ms)
+                if b_ms > a_ms:
+                    served["kbps_during_images"] = round(during * 8 / (b_ms - a_ms), 3)
+            out[name]["link"].setdefault("served", {})[client] = served
+    for name, (t0, t1) in spans.items():
+        loads = [span[2] for w in windows.values() for span in w.spans if span[1] >= t0 and span[0] <= t1]
+        if loads:
+            out[name]["jamming"].update(windows=len(loads), load={"mean": round(sum(loads) / len(loads), 4),
+                                                                  "min": round(min(loads), 4),
+                                                                  "max": round(max(loads), 4)})
+        out[name]["span_ns"] = [t0, t1]
+    return out

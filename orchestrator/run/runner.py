@@ -37,8 +37,8 @@ from hilbed.orchestrator.run.conditions import Conditions
 from hilbed.orchestrator.run.context import RunContext
 from hilbed.orchestrator.run.preflight import preflight
 from hilbed.orchestrator.run.inputs import collect_inputs, fill_missing_hashes, verify_inputs
-from hilbed.orchestrator.run.ledger import (WINDOW_SLACK_NS, condition_starts, jammer_lapses, jammer_windows,
-                                            settle_jammer_loads)
+from hilbed.orchestrator.run.ledger import (WINDOW_SLACK_NS, applied_ledger, condition_starts, jammer_lapses,
+                                            jammer_windows, settle_jammer_loads)
 from hilbed.orchestrator.run.lock import RunLock
 from hilbed.orchestrator.run.recovery import Recovery, resume_done_keys
 from hilbed.orchestrator.run.store import RunStore
@@ -413,9 +413,10 @@ class Runner:
         from hilbed.analysis.metrics import summary
         records = self.store.merged_records()
         ev = self.store.events_path
-        records, unapplied = settle_jammer_loads(records, self.scenario,
-                                                 jammer_windows(ev, self.manifest.get("clock_offsets", {})),
-                                                 condition_starts(ev), jammer_lapses(ev))
+        windows = jammer_windows(ev, self.manifest.get("clock_offsets", {}))
+        records, unapplied = settle_jammer_loads(records, self.scenario, windows, condition_starts(ev),
+                                                 jammer_lapses(ev))
+        self.manifest["applied"] = applied_ledger(ev, self.scenario, windows, records)
         n_records = self.store.write_results(records)
         if unapplied:
             self.manifest["unapplied"] = unapplied

@@ -225,3 +225,12 @@ def test_csvs_carry_the_parts_and_claims(report):
     assert t["encode-table"][2] == ["jpeg-q90", "jpeg", "3", "0.30", "0.30", "8.20", "8.20", "2.50", "4500", "1.50x",
                                     "1.50x"]
     assert t["claims-table"][2][3:] == ["1", "need 64 (n=3)", "need 130 (n=3)", "need 662 (n=3)", "≤ 94.1%"]
+
+
+def test_a_shaped_link_late_at_p99_is_a_warning():
+    from hilbed.analysis.checks import release_warnings
+    ok = {"kind": "link_stats", "node": "client-1", "result": {"late_release_ms_p99": 0.2, "releases_timed": 900}}
+    late = {"kind": "link_stats", "node": "client-2",
+            "result": {"late_release_ms_p99": 3.5, "releases_timed": 900, "realtime_priority": False}}
+    (w,) = release_warnings([ok, late, {"kind": "link_stats", "result": None}])
+    assert "client-2" in w and "3.50 ms late at p99 without real-time priority" in w

@@ -53,3 +53,11 @@ def test_heavy_jamming_cuts_goodput(tmp_path, repo, synthetic_model):
     assert read_medium(out.run_dir / "medium.json", stale_s=1e9)["load"] == 0.0
     lg = read_linklog(out.run_dir / "logs" / "link-client-1-jammed.log")
     assert lg.departures and lg.capacity
+    # the manifest's ledger: what each condition asked for and what was measured and served
+    applied = json.loads((out.run_dir / "manifest.json").read_text())["applied"]
+    jam, quiet = applied["jammed"], applied["quiet"]
+    assert jam["jamming"]["asked"] == "heavy" and jam["jamming"]["windows"] >= 1
+    assert 0.5 < jam["jamming"]["load"]["mean"] < 0.9 and quiet["jamming"]["load"] is None
+    served = {c: applied[c]["link"]["served"]["client-1"]["kbps_during_images"] for c in ("quiet", "jammed")}
+    assert served["jammed"] < 0.6 * served["quiet"] and 200 < served["quiet"] <= 251, served
+    assert applied["jammed"]["link"]["stats"]["client-1"]["accounting"] == "payload"

@@ -97,7 +97,7 @@ class RadioKind(LinkKind):
             h = ctx.live_agent(ctx.testbed.edge, "edge")
             if h is not None:
                 try:
-                    ctx.event("link_stats", node=ctx.testbed.edge,
+                    ctx.event("link_stats", node=ctx.testbed.edge, condition=ctx.state.get("condition"),
                               result=h.call("close_receiver", timeout=30, kind=self.name))
                 except Exception:
                     pass
