@@ -32,6 +32,8 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr,
 
 from hilbed.nodes.codecs import CodecParamsError, all_codec_names, explicit_params, validate_codec_params
 from hilbed.nodes.link.registry import link_kind_class, link_kind_names
+from hilbed.nodes.workload.dataset_specs import check_dataset_spec
+from hilbed.nodes.workload.model_specs import check_model_spec
 from hilbed.orchestrator.roles import ROLES
 from hilbed.orchestrator.yamlsrc import ConfigError, Located, dotted, load_located, short_repr
 
@@ -175,6 +177,9 @@ class RadioCfg(Strict):
     channel: int = Field(15, ge=11, le=26)
     tx_power_dbm: int = Field(0, ge=-40, le=8)
     pan_id: int = Field(0xABCD, ge=0, le=0xFFFF)
+    firmware: Text | None = Field(None, description="the firmware identity this radio must report (Spinel NCP "
+                                  "version, or the Wireless UART firmware's version string); `hilbed check` fails "
+                                  "when it reports another")
 
 
 class NodeCfg(Strict):
@@ -240,16 +245,12 @@ class WorkloadCfg(Strict):
     @field_validator("dataset")
     @classmethod
     def _dataset(cls, v: str) -> str:
-        if v == "synthetic" or v.startswith("imagefolder:"):
-            return v
-        raise ValueError(f"unknown dataset {short_repr(v)} (allowed: synthetic, imagefolder:PATH)")
+        return check_dataset_spec(v)
 
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
-        if v == "synthetic-cnn" or v.startswith("cifar-resnet:"):
-            return v
-        raise ValueError(f"unknown model {short_repr(v)} (allowed: synthetic-cnn, cifar-resnet:PATH)")
+        return check_model_spec(v)
 
 
 class StreamCfg(Strict):

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from hilbed.nodes.plugins import load_plugins
-from hilbed.orchestrator.cli import analysis, codecs, lab, trace
+from hilbed.orchestrator.cli import analysis, codecs, data, flash, lab, lease, plugins, trace
 from hilbed.orchestrator.cli.defaults import DEFAULT_SCENARIO, DEFAULT_TESTBED, default_path
 from hilbed.orchestrator.errors import RunError
 from hilbed.orchestrator.yamlsrc import ConfigError
@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="take over the run directory's lock held on another host (the run there must be gone)")
     rs.set_defaults(fn=cmd_resume)
 
-    for register in (trace.register, lab.register, codecs.register, analysis.register):
+    for register in (trace.register, lab.register, codecs.register, analysis.register, plugins.register,
+                     data.register, lease.register, flash.register):
         register(sub)
     return p
 
