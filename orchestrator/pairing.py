@@ -53,11 +53,16 @@ def check_pair(testbed: Any, scenario: Any, testbed_path: str = "the testbed") -
                              f"add interface: <name> to those nodes in {testbed_path}")
         if not jams:
             continue
-        if not link_kind_class(kind).jammable:
-            raise _error(scenario, jloc, f"condition {cond.name} jams a '{kind}' link, whose capacity does not follow "
-                         "the jammer's measured load: its images would be labelled jammed while sent at full "
-                         "capacity", "use a trace or radio link for jamming conditions, or jamming: none")
         remote_jammers = [n for n in jammers if not _local(testbed, n)]
+        if not link_kind_class(kind).jammable:
+            # an unshaped or kernel-shaped link feels jamming only through the real network: the clients and the
+            # jammer must be lab nodes sharing it; on this machine the traffic would cross loopback untouched
+            here = [n for n in [*testbed.clients, *jammers] if _local(testbed, n)]
+            if here:
+                raise _error(scenario, jloc, f"condition {cond.name} jams a '{kind}' link, but {', '.join(here)} "
+                             "run on this machine, where the jammer's traffic does not reach it: its images would "
+                             "be labelled jammed while sent at full capacity",
+                             "use a trace or radio link for jamming on the embedded testbed, or jamming: none")
         if kind == "trace":
             remote = [n for n in testbed.clients if not _local(testbed, n)]
             if remote or remote_jammers:

@@ -49,7 +49,7 @@ def _testbed(tmp_path, text: str):
 
 @pytest.mark.parametrize("link,jamming,testbed,message", [
     ("{kind: trace, rate_kbps: 250}", "heavy", LOCAL.replace("JAMMER", ""), "has no node with role 'jammer'"),
-    ("{kind: direct}", "heavy", LOCAL.replace("JAMMER", "  jam-1: {roles: [jammer]}"), "jams a 'direct' link"),
+    ("{kind: direct}", "heavy", LOCAL.replace("JAMMER", "  jam-1: {roles: [jammer]}"), "where the jammer's traffic does not reach it"),
     ("{kind: radio}", "none", LOCAL.replace("JAMMER", ""), "a radio link needs a radio on client-1, edge-1"),
     ("{kind: tc, rate_kbps: 250}", "none", LOCAL.replace("JAMMER", ""), "needs the network interface"),
     ("{kind: trace, rate_kbps: 250}", "heavy", SSH, "client-1, jam-1 run elsewhere"),
@@ -80,3 +80,8 @@ def test_run_refuses_before_creating_anything(tmp_path, capsys):
     assert not (tmp_path / "runs").exists()
     assert main(["validate", str(tmp_path / "s.yaml"), "--testbed", str(tmp_path / "tb.yaml")]) == 2
     assert main(["validate", str(tmp_path / "s.yaml")]) == 0  # on its own the scenario is fine
+
+
+def test_jamming_a_direct_link_between_lab_nodes_is_physical_and_allowed(tmp_path):
+    sc = _scenario(tmp_path, "{kind: direct}", "heavy")
+    check_pair(_testbed(tmp_path, SSH), sc)  # the jammer's traffic crosses the lab's real network
