@@ -87,7 +87,7 @@ class Agent:
         import platform
         return {"python": platform.python_version(), "platform": platform.platform(),
                 "hostname": platform.node(), "pid": os.getpid(), "agent": self.name,
-                "uptime_s": _uptime_s(), "started_at": self.started_at}
+                "uptime_s": _uptime_s(), "started_at": self.started_at, "packages": _package_versions()}
 
     def op_host_load(self) -> dict:
         """How busy this node is now (for the manifest's before/after facts)."""
@@ -155,6 +155,21 @@ class Agent:
                 self._pool.submit(self._handle, req)
         log.info("stdin closed: tearing down")
         self._exit(0)
+
+
+#: distributions whose versions a run's provenance records per node
+PROVENANCE_PACKAGES = ("hilbed", "numpy", "pillow", "torch", "torchvision", "pyserial", "compressai", "onnxruntime")
+
+
+def _package_versions() -> dict:
+    from importlib import metadata
+    out = {}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 def _uptime_s() -> float | None:

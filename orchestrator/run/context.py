@@ -154,6 +154,31 @@ class RunContext:
         self.manifest["clock_offsets"] = self.offsets
         self.write_manifest()
 
+    # -- provenance ----------------------------------------------------------
+    def record_provenance(self) -> None:
+        """What ran on each node: hilbed wheel (from its provisioning marker), Python and package versions,
+        radio firmware identity; the model's facts and the run's input hashes beside them. ``hilbed compare``
+        warns when two runs differ in any of these."""
+        prov: dict[str, Any] = {"nodes": {}, "model": self.manifest.get("model"), "inputs": self.manifest.get("inputs")}
+        checks = self.manifest.get("node_checks", {})
+        seen: set[str] = set()
+        for (node, _), h in list(self.handles.items()):
+            if node in seen or h.dead.is_set():
+                continue
+            seen.add(node)
+            try:
+                facts = h.call("facts", timeout=15)
+            except Exception as exc:
+                facts = {"error": str(exc)}
+            marker = (checks.get(node, {}).get("facts") or {}).get("marker") or {}
+            prov["nodes"][node] = {"python": facts.get("python"), "packages": facts.get("packages"),
+                                   "platform": facts.get("platform"), "wheel_sha256": marker.get("wheel_sha256"),
+                                   "radio": (checks.get(node, {}).get("facts") or {}).get("radio_identity")}
+        if self.state.get("lease") is not None:
+            prov["lease"] = self.state["lease"]
+        self.manifest["provenance"] = prov
+        self.write_manifest()
+
     # -- host load -----------------------------------------------------------
     def record_host_load(self, tag: str) -> None:
         """The controller's and every node's load now (``before``/``after`` the trials), into the manifest;

@@ -355,6 +355,7 @@ class Runner:
                     self.scenario, self.testbed, self.manifest["scenario"]["path"]))
             self.ctx.probe_clocks("before")
             self.ctx.record_host_load("before")
+            self.ctx.record_provenance()
             self.recovery = Recovery(self.ctx, self._reapply)
             for t, _ in todo:
                 self._trials[t.id] = _TrialState(t, self._condition_fields(t))
