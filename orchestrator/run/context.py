@@ -154,6 +154,19 @@ class RunContext:
         self.manifest["clock_offsets"] = self.offsets
         self.write_manifest()
 
+    def ask_every_node(self, op: str, timeout: float) -> dict[str, dict]:
+        """``op`` through one live agent of each node; a failure is that node's ``{"error": ...}``
+        (an agent without the op, from an older hilbed, or a dying one)."""
+        out: dict[str, dict] = {}
+        for (node, _), h in list(self.handles.items()):
+            if node in out or h.dead.is_set():
+                continue
+            try:
+                out[node] = h.call(op, timeout=timeout)
+            except Exception as exc:
+                out[node] = {"error": str(exc)}
+        return out
+
     # -- provenance ----------------------------------------------------------
     def record_provenance(self) -> None:
         """What ran on each node: hilbed wheel (from its provisioning marker), Python and package versions,
@@ -161,15 +174,7 @@ class RunContext:
         warns when two runs differ in any of these."""
         prov: dict[str, Any] = {"nodes": {}, "model": self.manifest.get("model"), "inputs": self.manifest.get("inputs")}
         checks = self.manifest.get("node_checks", {})
-        seen: set[str] = set()
-        for (node, _), h in list(self.handles.items()):
-            if node in seen or h.dead.is_set():
-                continue
-            seen.add(node)
-            try:
-                facts = h.call("facts", timeout=15)
-            except Exception as exc:
-                facts = {"error": str(exc)}
+        for node, facts in self.ask_every_node("facts", timeout=15).items():
             marker = (checks.get(node, {}).get("facts") or {}).get("marker") or {}
             prov["nodes"][node] = {"python": facts.get("python"), "packages": facts.get("packages"),
                                    "platform": facts.get("platform"), "wheel_sha256": marker.get("wheel_sha256"),
@@ -186,15 +191,7 @@ class RunContext:
         from hilbed.nodes.hostload import host_load, overloaded
         host = self.manifest.setdefault("host", {})
         host[tag] = host_load()
-        seen: set[str] = set()
-        for (node, _), h in list(self.handles.items()):
-            if node in seen or h.dead.is_set():
-                continue
-            seen.add(node)
-            try:
-                facts = h.call("host_load", timeout=10)
-            except Exception as exc:  # an agent without the op (older hilbed on a node) or a dying one
-                facts = {"error": str(exc)}
+        for node, facts in self.ask_every_node("host_load", timeout=10).items():
             self.manifest.setdefault("node_hosts", {}).setdefault(node, {})[tag] = facts
         remote = [(n, v[tag]) for n, v in self.manifest.get("node_hosts", {}).items()
                   if tag in v and not self.is_local(n)]  # local nodes are the controller's machine: said once

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from hilbed.orchestrator.errors import RunError
+from hilbed.orchestrator.run.store import fsync_dir as _fsync_dir
 
 LOCK_NAME = "run.lock"
 #: an unreadable lock younger than this may be one being written (fallback path); older is debris
@@ -62,17 +63,6 @@ def _proc_stat(pid: int) -> tuple[str, int] | None:
         return rest[0], int(rest[19])  # fields 3 (state) and 22 (starttime)
     except (IndexError, ValueError):
         return None
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _describe(owner: dict) -> str:

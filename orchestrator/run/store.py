@@ -76,7 +76,8 @@ def _write_error(action: str, path: Path, exc: BaseException, then: str = "") ->
                       code if isinstance(code, int) else None)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (the directory entry itself)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -123,7 +124,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.close(fd)
         _unlink_quietly(tmp)
         raise _write_error("write", path, exc) from None
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -530,7 +531,7 @@ class RunStore:
         except (OSError, pa.ArrowException) as exc:
             _unlink_quietly(tmp)
             raise _write_error("write", path, exc) from None
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         return len(records)
 
     def done_keys(self) -> set[tuple[str, str, int]]:
