@@ -9,6 +9,8 @@ logic on the host.  Layers, bottom up:
 * ``hdlc`` / ``spinel`` / ``wuart``: wire formats;
 * ``phy``: 802.15.4 timing constants, airtime/CSMA math, MAC frame helpers;
 * ``radio``: ``open_radio()`` -> ``SpinelRadio`` / ``WuartRadio``;
+* ``identity``: which firmware a radio runs (NCP version, caps, EUI-64, or
+  the emulated Wireless UART's version) and the testbed's match rule;
 * ``message``: deadline-bounded, chunked message transport with per-chunk
   delivery times;
 * ``emulator``: pty-based emulation of both firmwares with a shared,
@@ -34,6 +36,9 @@ _EXPORTS = {
     "RadioTimeout": "radio",
     "NotSupported": "radio",
     "SpinelStatusError": "radio",
+    "firmware_identity": "identity",
+    "read_identity": "identity",
+    "firmware_matches": "identity",
     "MessageSender": "message",
     "MessageReceiver": "message",
     "MessageEvent": "message",

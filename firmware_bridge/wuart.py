@@ -45,6 +45,11 @@ BAUDRATE = 230400  # the example firmware's UART speed (with RTS/CTS)
 
 _HEADER = struct.Struct("<2sBHHHB")
 
+#: hilbed's version query and reply on a Wireless UART port: understood by hilbed's emulated firmware only
+#: (docs/wuart-framing.md); real firmware passes the query on to its peer, whose decoder counts it as garbage
+WUART_VERSION_QUERY = b"\x00HBVER?\n"
+WUART_VERSION_REPLY_PREFIX = b"\x00HBVER="
+
 
 class FrameType(IntEnum):
     DATA = 1

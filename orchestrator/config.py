@@ -177,6 +177,9 @@ class RadioCfg(Strict):
     channel: int = Field(15, ge=11, le=26)
     tx_power_dbm: int = Field(0, ge=-40, le=8)
     pan_id: int = Field(0xABCD, ge=0, le=0xFFFF)
+    board: Literal["dongle", "dk"] | None = Field(None, description="nRF52840 Dongle (USB DFU bootloader) or DK "
+                                                   "(J-Link OB); `hilbed flash` picks its tool from it (default: "
+                                                   "from the /dev/serial/by-id name)")
     firmware: Text | None = Field(None, description="the firmware identity this radio must report (Spinel NCP "
                                   "version, or the Wireless UART firmware's version string); `hilbed check` fails "
                                   "when it reports another")
@@ -236,8 +239,10 @@ class TestbedCfg(Strict):
 # ---------------------------------------------------------------- scenario ---
 
 class WorkloadCfg(Strict):
-    dataset: Text = Field("synthetic", description="'synthetic' or 'imagefolder:PATH'")
-    model: Text = Field("synthetic-cnn", description="'synthetic-cnn' or 'cifar-resnet:PATH'")
+    dataset: Text = Field("synthetic", description="synthetic, cifar10:SPLIT (a catalog name), imagefolder:PATH "
+                          "or a plug-in's")
+    model: Text = Field("synthetic-cnn", description="a model spec: synthetic-cnn, cifar-resnet:NAME|PATH, "
+                        "torchscript:PATH, onnx:PATH, torchvision:NAME[@FILE], module:PKG.MOD:CALLABLE or a plug-in's")
     images_per_trial: int = Field(20, ge=1, le=MAX_IMAGES_PER_TRIAL)
     image_size: int = Field(32, ge=8, le=1024)
     seed: int = Field(0, ge=0, le=MAX_SEED)

@@ -17,6 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from hilbed.nodes.workload.model_specs import check_class_count
+from hilbed.orchestrator.errors import SetupError
+
 #: what ``hilbed check`` can verify on a node because of its role
 CHECK_GPU = "gpu"          # torch/CUDA where the node's device asks for it
 CHECK_IPERF3 = "iperf3"    # the iperf3 program
@@ -97,8 +100,15 @@ def _edge_limits(scenario: Any) -> dict:
 
 
 def _prepare_client(ctx: Any, node: str) -> None:
+    """Open the dataset; its classes must be the ones the edge's model labels (checked before any trial)."""
     wl = ctx.scenario.workload
-    ctx.agent(node, "client").call("configure", node=node, dataset=wl.dataset, size=wl.image_size, seed=wl.seed)
+    got = ctx.agent(node, "client").call("configure", node=node, dataset=wl.dataset, size=wl.image_size, seed=wl.seed)
+    model_classes = (ctx.manifest.get("model") or {}).get("classes")
+    if model_classes is not None and got and got.get("classes") is not None:
+        try:
+            check_class_count(wl.model, len(model_classes), wl.dataset, len(got["classes"]))
+        except ValueError as exc:
+            raise SetupError(str(exc)) from None
 
 
 def _jams(scenario: Any, testbed: Any) -> bool:

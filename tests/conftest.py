@@ -21,6 +21,10 @@ if str(REPO) not in sys.path:
 pytest_plugins = ["tests.netns_fixtures"]  # namespace lab with real sshd (tests/e2e/test_netns_*.py)
 
 SHARED_DATA = REPO.parent / "shared" / "data"
+# named datasets and weights (docs/data.md): tests read the shared folder as the mirror and never download
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("HILBED_DATA_MIRROR", str(SHARED_DATA))
+os.environ.setdefault("HILBED_DATA_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ what the stock firmware does for the properties hilbed uses:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 
@@ -35,10 +36,16 @@ from .radio_model import TX_CCA_FAILURE, TX_NO_ACK, TX_OK, RadioModel, RxInfo, T
 
 log = logging.getLogger(__name__)
 
-NCP_VERSION = "OPENTHREAD/hilbed-emulator; NRF52840; RCP"
-CAPS = [spinel.CAP_COUNTERS, spinel.CAP_WRITABLE_RAW_STREAM, spinel.CAP_802_15_4_2003,
-        spinel.CAP_802_15_4_2006, spinel.CAP_802_15_4_2450MHZ_OQPSK, spinel.CAP_CONFIG_RADIO,
-        spinel.CAP_RCP_API_VERSION, spinel.CAP_MAC_RAW]
+#: What ``otGetVersionString()`` returns on ot-rcp ("OPENTHREAD/<version>;
+#: <platform>; <build date>"), with "hilbed-emulated" in the version part so
+#: an emulated radio never passes for a real one.
+NCP_VERSION = "OPENTHREAD/thread-reference-20230706-hilbed-emulated; NRF52840; Jan  1 2024 00:00:00"
+#: What an ot-rcp build reports in PROP_CAPS: NcpBase::HandlePropertyGet<SPINEL_PROP_CAPS>
+#: (openthread src/ncp/ncp_base.cpp) with OPENTHREAD_RADIO and 2.4 GHz O-QPSK.
+CAPS = [spinel.CAP_COUNTERS, spinel.CAP_UNSOL_UPDATE_FILTER, spinel.CAP_802_15_4_2450MHZ_OQPSK,
+        spinel.CAP_CONFIG_RADIO, spinel.CAP_MAC_RAW, spinel.CAP_RCP_API_VERSION]
+#: Nordic Semiconductor's IEEE OUI; the rest of the factory EUI-64 is per radio.
+HWADDR_OUI = bytes([0xF4, 0xCE, 0x36])
 DEFAULT_BAUD = 1_000_000
 SUPPORTED_CHANNELS = list(range(11, 27))
 
@@ -55,7 +62,7 @@ class EmulatedSpinelRcp:
         self.port = PtyPort(loop, baud, self._on_bytes, name=f"rcp{index}")
         self.decoder = hdlc.HdlcDecoder(max_frame=spinel_frame_max())
         self.medium = medium
-        self.hwaddr = bytes([0xF4, 0xCE, 0x36, 0x00, 0x00, 0x00, 0x00, index & 0xFF])
+        self.hwaddr = emulated_hwaddr(self.rng, index)
         self.counters = {"frames_in": 0, "frames_out": 0, "bad_spinel": 0, "rx_dropped": 0}
         self._scan_queue: list[int] = []
         self._scan_period_ms = 0
@@ -287,6 +294,17 @@ class EmulatedSpinelRcp:
 
     def close(self) -> None:
         self.port.close()
+
+
+def emulated_hwaddr(rng: random.Random, index: int) -> bytes:
+    """Factory EUI-64 of emulated radio ``index``: Nordic OUI, 4 bytes from the radio's seed, the index.
+
+    Derived from the rng's state without drawing from it, so seeded runs keep
+    their backoff/interference sequences; the index byte keeps the radios of
+    one emulator distinct even when the random bytes collide.
+    """
+    digest = hashlib.sha256(repr(rng.getstate()).encode()).digest()
+    return HWADDR_OUI + digest[:4] + bytes([index & 0xFF])
 
 
 def spinel_frame_max() -> int:

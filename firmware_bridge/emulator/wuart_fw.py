@@ -17,6 +17,11 @@ behaviour without boards.  What the firmware does, as modelled here:
   duplicates (same source and sequence number as the previous frame, i.e. a
   retransmission whose ACK was lost) are dropped, as the MAC does.
 
+Not in the example, hilbed's addition: the version query
+(``wuart.WUART_VERSION_QUERY``, docs/wuart-framing.md) is answered on
+the UART and not transmitted, so ``hilbed check`` can tell emulated
+firmware apart; real firmware sends those bytes to its peer instead.
+
 Pairing with N radios: 0<->1, 2<->3, ...; an unpaired last radio
 broadcasts.  Channel, PAN ID and addresses are fixed at "compile time".
 """
@@ -27,6 +32,7 @@ import logging
 import random
 
 from .. import phy
+from ..wuart import WUART_VERSION_QUERY, WUART_VERSION_REPLY_PREFIX
 from .loop import EventLoop
 from .medium import Medium
 from .pty_port import ByteQueue, PtyPort
@@ -40,6 +46,11 @@ PAN_ID = 0x1357
 DEFAULT_MAX_MSDU = 100
 UART_BUFFER_LIMIT = 1024
 RETRY_DELAY_S = 0.0005
+#: Answer to the version query; "hilbed-emulated" marks it as not real firmware.
+WUART_VERSION = "hilbed-emulated-wuart/1.0; NRF52840; nRF5 SDK wireless_uart 802.15.4 example"
+#: Held bytes that look like the start of a query are forwarded after this much
+#: silence, so data ending in a query prefix is delayed, never kept.
+QUERY_HOLD_S = 0.002
 
 
 class EmulatedWuart:
@@ -67,7 +78,9 @@ class EmulatedWuart:
         self._inflight: bytes | None = None
         self._last_rx: tuple[int | bytes | None, int] | None = None
         self.counters = {"frames_sent": 0, "msdu_bytes_sent": 0, "request_failures": 0,
-                         "frames_received": 0, "duplicates": 0}
+                         "frames_received": 0, "duplicates": 0, "version_queries": 0}
+        self._held = b""  # bytes matching a prefix of the version query, not forwarded yet
+        self._hold_gen = 0
 
     @property
     def path(self) -> str:
@@ -75,10 +88,48 @@ class EmulatedWuart:
 
     # --- UART -> radio ----------------------------------------------------------
     def _on_uart_bytes(self, data: bytes, t: float) -> None:
-        self.uart_in.push(data)
+        data = self._filter_query(data, t)
+        if data:
+            self.uart_in.push(data)
         if len(self.uart_in) + self.port.in_flight >= UART_BUFFER_LIMIT:
             self.port.pause_reading()
         self._kick(t)
+
+    def _filter_query(self, data: bytes, t: float) -> bytes:
+        """Strip version queries from the UART stream (answering each); return the bytes to forward.
+
+        A streaming match: bytes that could begin the query are held until the
+        query completes (answered, dropped) or diverges (forwarded in order).
+        The query's first byte occurs only at its start, so on a mismatch the
+        held bytes can be released whole and the current byte re-examined.
+        """
+        q = WUART_VERSION_QUERY
+        out = bytearray()
+        held = self._held
+        for b in data:
+            if held and q[len(held)] != b:
+                out += held
+                held = b""
+            if q[len(held)] == b:
+                held += bytes((b,))
+                if held == q:
+                    held = b""
+                    self.counters["version_queries"] += 1
+                    self.port.write(WUART_VERSION_REPLY_PREFIX + WUART_VERSION.encode() + b"\n", not_before=t)
+            else:
+                out.append(b)
+        self._held = held
+        if held:
+            self._hold_gen += 1
+            self.loop.call_at(t + QUERY_HOLD_S, self._release_held, self._hold_gen)
+        return bytes(out)
+
+    def _release_held(self, gen: int) -> None:
+        if gen != self._hold_gen or not self._held:
+            return
+        held, self._held = self._held, b""
+        self.uart_in.push(held)
+        self._kick(self.loop.time())
 
     def _kick(self, t: float) -> None:
         if self._inflight is not None or self.radio.busy or not len(self.uart_in):

@@ -50,6 +50,23 @@ def codec_class(name: str) -> type[Codec]:
     raise CodecParamsError(None, f"unknown codec {name!r}", ", ".join(sorted(all_codec_names())))
 
 
+def register_codec(cls: type[Codec]) -> type[Codec]:
+    """Class decorator for plug-ins: make ``cls`` the codec named ``cls.name``.
+
+    Config validation reads :func:`all_codec_names` and the class's
+    ``params_spec``, so a registered codec validates like a built-in one. A
+    name taken by another class (built-in, lazy or registered) is refused.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Codec)) or not cls.name:
+        raise ValueError(f"{getattr(cls, '__name__', cls)!r}: a codec is a Codec subclass with a name")
+    known = CODECS.get(cls.name)
+    lazy = LAZY_CODECS.get(cls.name)
+    if (known is not None and known is not cls) or (lazy is not None and lazy != f"{cls.__module__}:{cls.__qualname__}"):
+        raise ValueError(f"codec {cls.name!r} exists already")
+    CODECS[cls.name] = cls
+    return cls
+
+
 def all_codec_names() -> set[str]:
     import importlib.util
     names = set(CODECS)
@@ -77,4 +94,4 @@ def make_codec(name: str, params: dict[str, Any] | None = None) -> Codec:
     return codec_class(name)(**(params or {}))
 
 
-__all__ = ["explicit_params", "CODECS", "LAZY_CODECS", "codec_class", "all_codec_names", "Codec", "CodecParamsError", "Encoded", "Param", "make_codec", "validate_codec_params"]
+__all__ = ["explicit_params", "register_codec", "CODECS", "LAZY_CODECS", "codec_class", "all_codec_names", "Codec", "CodecParamsError", "Encoded", "Param", "make_codec", "validate_codec_params"]

@@ -41,12 +41,28 @@ class _Shuffled:
 
 
 def open_dataset(spec: str, size: int = 32, seed: int = 0, split: str = "test"):
+    """A dataset by spec, in a seeded order: ``synthetic``, ``imagefolder:PATH`` or a catalog name.
+
+    Catalog names (``cifar10:test``, ...) are read from the data root or the
+    mirror (:mod:`hilbed.nodes.workload.catalog`); a missing one raises
+    ``DatasetMissing`` whose one-line message names the fetch command.
+    """
     if spec == "synthetic":
         return _Endless(SyntheticDataset(0, split, seed, size))
     if spec.startswith("imagefolder:"):
         from .imagefolder import ImageFolder
         return _Shuffled(ImageFolder(spec.split(":", 1)[1], size), seed)
-    raise ValueError(f"unknown dataset {spec!r} (allowed: synthetic, imagefolder:PATH)")
+    from . import catalog
+    e = catalog.CATALOG.get(spec)
+    if e is None or isinstance(e, catalog.WeightsEntry):
+        allowed = ", ".join(["synthetic", "imagefolder:PATH", *catalog.dataset_names()])
+        raise ValueError(f"unknown dataset {spec!r} (allowed: {allowed})")
+    where = catalog.dataset_path(spec)
+    if isinstance(e, catalog.CifarEntry):
+        from .imagefolder import CifarBatches
+        return _Shuffled(CifarBatches(where, [f for f, _ in e.files], size, spec), seed)
+    from .imagefolder import ImageFolder
+    return _Shuffled(ImageFolder(where, size), seed)
 
 
 __all__ = ["open_dataset", "SyntheticDataset", "SYNTHETIC_CLASSES"]

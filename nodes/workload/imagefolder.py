@@ -45,3 +45,63 @@ class ImageFolder:
 
     def describe(self) -> str:
         return f"imagefolder({self.root}, {len(self.items)} images, {len(self.classes)} classes)"
+
+
+class _NumpyOnly:
+    """Unpickler for CIFAR's python batches: dicts, lists and numpy arrays, nothing else can be built."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # encode: bytes in protocol 2
+
+    @classmethod
+    def load(cls, path: Path):
+        import pickle
+
+        class U(pickle.Unpickler):
+            def find_class(self, module, name):
+                if (module, name) not in cls.ALLOWED:
+                    raise pickle.UnpicklingError(f"{path}: refusing to load {module}.{name}")
+                if module.startswith("numpy") and name == "_reconstruct":
+                    from numpy._core.multiarray import _reconstruct
+                    return _reconstruct
+                if module == "_codecs":
+                    import codecs
+                    return codecs.encode
+                return np.ndarray if name == "ndarray" else np.dtype
+
+        with open(path, "rb") as fh:
+            return U(fh, encoding="latin1").load()
+
+
+class CifarBatches:
+    """CIFAR-10's python version (``data_batch_*``/``test_batch`` + ``batches.meta``), read with numpy only.
+
+    Clients open datasets without torch; torchvision's ``CIFAR10`` reads the
+    same files the same way (rows of 3072 bytes, R then G then B planes).
+    """
+
+    def __init__(self, folder: str | Path, files: list[str], size: int | None = None, name: str = "cifar10"):
+        self.root = Path(folder)
+        xs, ys = [], []
+        for f in files:
+            d = _NumpyOnly.load(self.root / f)
+            xs.append(np.asarray(d["data"], np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            ys.extend(int(v) for v in d["labels"])
+        self.x = np.ascontiguousarray(np.concatenate(xs))
+        self.y = np.asarray(ys, np.int64)
+        self.classes = tuple(_NumpyOnly.load(self.root / "batches.meta")["label_names"])
+        self.size = size
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        i %= len(self.y)
+        img = self.x[i]
+        if self.size and self.size != img.shape[0]:
+            img = np.asarray(Image.fromarray(img).resize((self.size, self.size), Image.BICUBIC))
+        return img, int(self.y[i])
+
+    def describe(self) -> str:
+        return f"{self.name}({self.root}, {len(self.y)} images, {len(self.classes)} classes)"

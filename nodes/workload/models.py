@@ -1,6 +1,9 @@
 """Target models the edge serves: a small CNN for the synthetic set (trained
-on first use and cached) and the CIFAR ResNets of He et al. (option-A
-shortcuts) loaded from the public checkpoints.
+on first use and cached), the CIFAR ResNets of He et al. (option-A
+shortcuts) loaded from the public checkpoints, and - through
+``model_loaders.py`` and plug-ins - TorchScript, ONNX, torchvision and
+user-built modules. :func:`load_model` checks every model against the
+scenario's image size and records its checksum, input size and class count.
 
 Only the edge and codec fitting import this module (it needs torch).
 """
@@ -26,8 +29,8 @@ from ..paths import cache_dir
 from .synthetic import CLASSES as SYNTH_CLASSES
 from .synthetic import GENERATOR_VERSION, make_image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from hilbed.nodes.workload.model_loaders import BUILTIN_LOADERS, IMAGENET_MEAN, IMAGENET_STD, ModelParts, as_parts, resolve
+from hilbed.nodes.workload.model_specs import MODEL_LOADERS, MODEL_PREFIXES, check_class_count
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
@@ -214,29 +217,116 @@ class LoadedModel:
     """A ready-to-serve classifier: uint8 NHWC batch in, probabilities out."""
 
     name: str
-    module: nn.Module
+    module: nn.Module | None
     device: torch.device
     classes: tuple[str, ...]
     facts: dict
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
+    predict_fn: Callable[[np.ndarray], np.ndarray] | None = None
 
     @torch.no_grad()
     def predict(self, batch: np.ndarray) -> np.ndarray:
+        if self.predict_fn is not None:
+            return self.predict_fn(batch)
         x = to_tensor(batch, self.mean, self.std).to(self.device)
         return torch.softmax(self.module(x), 1).float().cpu().numpy()
 
 
+def _load_synthetic(arg: str, *, size: int, device, progress=None) -> ModelParts:
+    module, facts = synthetic_cnn(TrainConfig(size=size), progress)
+    return ModelParts(module, SYNTH_CLASSES, dict(facts))
+
+
+def _load_cifar(arg: str, *, size: int, device, progress=None) -> ModelParts:
+    """``cifar-resnet:PATH`` or ``cifar-resnet:NAME`` (a catalog name such as cifar10-resnet20)."""
+    from hilbed.nodes.workload.catalog import weights_path
+    path = str(weights_path(arg))
+    module, facts = load_cifar_resnet(path)
+    return ModelParts(module, CIFAR_CLASSES, facts, weights=path)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_state_dict(module: nn.Module) -> str:
+    """Weights checksum independent of file format: names, dtypes, shapes and bytes in key order."""
+    h = hashlib.sha256()
+    for k, v in sorted(module.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _loader(prefix: str):
+    if prefix == "synthetic-cnn":
+        return _load_synthetic
+    if prefix == "cifar-resnet":
+        return _load_cifar
+    if prefix in BUILTIN_LOADERS:
+        return BUILTIN_LOADERS[prefix]
+    if prefix in MODEL_LOADERS:
+        try:
+            return resolve(MODEL_LOADERS[prefix])
+        except (ImportError, AttributeError) as exc:
+            raise ValueError(f"model prefix {prefix!r}: its loader {MODEL_LOADERS[prefix]!r} cannot be imported "
+                             f"({type(exc).__name__}: {exc})") from None
+    return None
+
+
 def load_model(spec: str, device: str = "auto", size: int = 32,
-               progress: Callable[[str, float], None] | None = None) -> LoadedModel:
+               progress: Callable[[str, float], None] | None = None, *,
+               expect_classes: int | None = None, dataset: str = "the dataset") -> LoadedModel:
+    """Load ``spec`` and prove it serves (1, 3, size, size) images before any trial.
+
+    ValueError (one line) when the model rejects that input, its output width
+    differs from its class names, or ``expect_classes`` (the dataset's count)
+    differs. ``facts`` gains ``sha256`` (weights file, else state_dict bytes),
+    ``input_size`` and ``num_classes`` for the manifest.
+    """
     dev = pick_device(device)
-    if spec == "synthetic-cnn":
-        module, facts = synthetic_cnn(TrainConfig(size=size), progress)
-        classes = SYNTH_CLASSES
-    elif spec.startswith("cifar-resnet:"):
-        module, facts = load_cifar_resnet(spec.split(":", 1)[1])
-        classes = CIFAR_CLASSES
-    else:
-        raise ValueError(f"unknown model {spec!r} (allowed: synthetic-cnn, cifar-resnet:PATH)")
-    module = module.to(dev).eval()
-    return LoadedModel(spec, module, dev, tuple(classes), facts)
+    prefix, _, arg = spec.partition(":")
+    fn = _loader(prefix)
+    if fn is None or (prefix == "synthetic-cnn" and arg):
+        allowed = ", ".join(MODEL_PREFIXES)
+        raise ValueError(f"unknown model {spec!r} (allowed: {allowed})")
+    try:
+        parts = as_parts(fn(arg, size=size, device=dev, progress=progress))
+    except ValueError:
+        raise
+    except Exception as exc:  # a plug-in's loader failing must still reach the controller as one line
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"model {spec}: its loader failed: {type(exc).__name__}: {first}") from exc
+    module = parts.module.to(dev).eval() if parts.module is not None else None
+    facts = dict(parts.facts)
+    if parts.weights is not None:
+        facts["sha256"], facts["sha256_of"] = sha256_file(parts.weights), "file"
+    elif module is not None:
+        facts["sha256"], facts["sha256_of"] = sha256_state_dict(module), "state_dict"
+    named = parts.classes if isinstance(parts.classes, tuple) and parts.classes else None
+    model = LoadedModel(spec, module, parts.device or dev, named or (), facts,
+                        tuple(parts.mean), tuple(parts.std), parts.predict)
+    try:
+        out = model.predict(np.zeros((1, size, size, 3), np.uint8))
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise ValueError(f"model {spec} does not accept a 1x3x{size}x{size} input (image_size {size}): "
+                         f"{type(exc).__name__}: {first}") from None
+    if out.ndim != 2 or out.shape[0] != 1:
+        raise ValueError(f"model {spec} returned shape {tuple(out.shape)} for one image; expected (1, classes)")
+    width = int(out.shape[1])
+    declared = len(named) if named else parts.classes if isinstance(parts.classes, int) else None
+    if declared is not None and declared != width:
+        raise ValueError(f"model {spec} outputs {width} classes but declares {declared}")
+    if expect_classes is not None:
+        check_class_count(spec, width, dataset, expect_classes)
+    if not named:
+        model.classes = tuple(str(i) for i in range(width))
+    facts.update(input_size=size, num_classes=width)
+    return model

@@ -116,6 +116,17 @@ def _dataset(spec: str, seed: int, size: int, base: Path, remote: list[str]) -> 
     if remote:  # the path is the node's, relative to its own working directory
         return {"spec": spec, "kind": "imagefolder", "path": spec.split(":", 1)[1], "sha256": None,
                 "reason": f"read on {', '.join(remote)} over ssh; not hashed by the controller"}
+    if not spec.startswith("imagefolder:"):  # a catalog name: hash the files it resolves to here
+        from hilbed.nodes.workload.catalog import CatalogError, dataset_path
+        try:
+            found = dataset_path(spec)
+        except CatalogError as exc:
+            return {"spec": spec, "kind": "catalog", "sha256": None, "reason": str(exc)}
+        if found.is_file():
+            e = _file_entry(found, "dataset", {})
+            return {"spec": spec, "kind": "catalog", "path": str(found),
+                    **{k: e[k] for k in ("sha256", "bytes", "reason") if k in e}}
+        return {**_dataset(f"imagefolder:{found}", seed, size, base, remote), "spec": spec, "kind": "catalog"}
     root = _resolve(spec.split(":", 1)[1], base).resolve()
     out: dict[str, Any] = {"spec": spec, "kind": "imagefolder", "path": str(root)}
     if not root.is_dir():
@@ -166,10 +177,30 @@ def _synthetic_cnn_key(size: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def _weights_file(spec: str, base: Path) -> Path | None:
+    """The weights file a model spec loads, where it names one (cifar-resnet NAME or PATH, torchscript:,
+    onnx:, torchvision:NAME@FILE); None for models made or found elsewhere."""
+    prefix, _, arg = spec.partition(":")
+    if prefix == "cifar-resnet":
+        from hilbed.nodes.workload.catalog import CATALOG, weights_path
+        return weights_path(arg) if arg in CATALOG else _resolve(arg, base)
+    if prefix in ("torchscript", "onnx"):
+        return _resolve(arg, base)
+    if prefix == "torchvision" and "@" in arg:
+        return _resolve(arg.split("@", 1)[1], base)
+    return None
+
+
 def _model(spec: str, size: int, base: Path, remote: list[str], cache: dict) -> dict:
-    if spec.startswith("cifar-resnet:"):
-        path = _resolve(spec.split(":", 1)[1], base)
-        out = {"spec": spec, "kind": "cifar-resnet", "path": str(path.resolve())}
+    if spec != "synthetic-cnn":
+        try:
+            path = _weights_file(spec, base)
+        except Exception as exc:  # a catalog name not fetched: nothing to hash yet
+            return {"spec": spec, "kind": spec.split(":", 1)[0], "sha256": None, "reason": str(exc)}
+        if path is None:
+            return {"spec": spec, "kind": spec.split(":", 1)[0], "sha256": None,
+                    "reason": "the model is built by code or found by the edge; its facts hold its checksum"}
+        out = {"spec": spec, "kind": spec.split(":", 1)[0], "path": str(path.resolve())}
         if remote:
             out.update(path=spec.split(":", 1)[1], sha256=None, bytes=None,
                        reason=f"loaded on {', '.join(remote)} over ssh; not hashed by the controller")

@@ -45,12 +45,14 @@ def _quiet(msg: str, frac: float) -> None:
 # ------------------------------------------------------------- datasets ---
 
 def dataset_spec(spec: str) -> str:
-    """Normalise: a plain existing directory means ``imagefolder:DIR``."""
-    if spec == "synthetic" or spec.startswith("imagefolder:"):
-        return spec
+    """Normalise: a plain existing directory means ``imagefolder:DIR``; catalog names (cifar10:fit) stay."""
+    from hilbed.nodes.workload.dataset_specs import check_dataset_spec
     if Path(spec).is_dir():
         return f"imagefolder:{Path(spec).resolve()}"
-    raise ValueError(f"unknown dataset {spec!r} (allowed: synthetic, imagefolder:PATH, or a directory)")
+    try:
+        return check_dataset_spec(spec)
+    except ValueError as exc:
+        raise ValueError(f"{exc} or a directory") from None
 
 
 def open_dataset(spec: str, size: int = 32, split: str = "train", n: int = 2000, seed: int = 0):
@@ -59,8 +61,11 @@ def open_dataset(spec: str, size: int = 32, split: str = "train", n: int = 2000,
     if spec == "synthetic":
         from hilbed.nodes.workload.synthetic import SyntheticDataset
         return SyntheticDataset(n, split, seed, size)
-    from hilbed.nodes.workload.imagefolder import ImageFolder
-    return ImageFolder(spec.split(":", 1)[1], size)
+    if spec.startswith("imagefolder:"):
+        from hilbed.nodes.workload.imagefolder import ImageFolder
+        return ImageFolder(spec.split(":", 1)[1], size)
+    from hilbed.nodes.workload import open_dataset as open_named  # catalog names: files in the data root/mirror
+    return open_named(spec, size, seed)
 
 
 def load_images(ds, n: int | None = None, seed: int = 0, shuffle: bool = True,
@@ -102,8 +107,10 @@ def model_fingerprint(spec: str) -> str:
     """Ties an artifact to the exact model it was fitted for."""
     spec = model_spec(spec)
     if spec.startswith("cifar-resnet:"):
-        h = hashlib.sha256(Path(spec.split(":", 1)[1]).read_bytes()).hexdigest()[:16]
-        return f"cifar-resnet:{Path(spec.split(':', 1)[1]).name}:{h}"
+        from hilbed.nodes.workload.catalog import weights_path
+        path = weights_path(spec.split(":", 1)[1])
+        h = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        return f"cifar-resnet:{path.name}:{h}"
     from hilbed.nodes.workload.models import TrainConfig
     return f"synthetic-cnn:{TrainConfig().key()}"
 
