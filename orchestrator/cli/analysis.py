@@ -6,8 +6,10 @@ schedule run) or a failed action, 2 bad input.
 
 from __future__ import annotations
 
+from hilbed.orchestrator.cli.output import add_json_flag, add_output, deprecated, dumps, emit, wants_json
 from hilbed.orchestrator.ui import make_console
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -21,8 +23,8 @@ def _bad_runs(dirs: list[str]) -> str | None:
     return None
 
 
-def _console():
-    return make_console()
+def _console(args=None):
+    return make_console(stderr=wants_json(args))
 
 
 # ---------------------------------------------------------------- report ---
@@ -38,8 +40,13 @@ def cmd_report(args) -> int:
     except KeyError as exc:
         print(f"hilbed report: {exc.args[0]}", file=sys.stderr)
         return 2
+    summary_md = path.parent / "summary.md"
+    if wants_json(args):
+        emit(args, {"report": str(path), "directory": str(path.parent), "summary_md": str(summary_md)
+                    if summary_md.exists() else None, "runs": [str(r) for r in args.runs]})
+        return 0
     if args.markdown:
-        sys.stdout.write((path.parent / "summary.md").read_text(encoding="utf-8"))
+        sys.stdout.write(summary_md.read_text(encoding="utf-8"))
     print(f"report: {path}")
     return 0
 
@@ -52,6 +59,13 @@ def cmd_compare(args) -> int:
     from rich.markup import escape
 
     from hilbed.analysis.compare import compare_runs, fmt_delta
+    json_file, md_file = args.json_file, args.markdown_file  # the old `--json FILE` / `--markdown FILE`
+    if args.output:
+        if Path(args.output).suffix.lower() in (".md", ".markdown"):
+            md_file = args.output
+        else:
+            json_file = args.output
+    fmt = "json" if args.json else "markdown" if args.markdown else args.format
     bad = _bad_runs([args.base, args.run])
     if bad:
         print(bad, file=sys.stderr)
@@ -68,14 +82,14 @@ def cmd_compare(args) -> int:
         print(f"hilbed compare: no codec x condition cell is in both runs; nothing to compare "
               f"({'; '.join(cmp.missing) or 'no records'})", file=sys.stderr)
         return 2
-    if args.markdown:
-        Path(args.markdown).write_text(cmp.to_markdown(), encoding="utf-8")
-    if args.json:
-        Path(args.json).write_text(json.dumps(cmp.to_dict(), indent=1, default=str), encoding="utf-8")
-    if args.format == "markdown":
+    if md_file:
+        Path(md_file).write_text(cmp.to_markdown(), encoding="utf-8")
+    if json_file:
+        Path(json_file).write_text(dumps(cmp.to_dict()) + "\n", encoding="utf-8")
+    if fmt == "markdown":
         sys.stdout.write(cmp.to_markdown())
-    elif args.format == "json":
-        sys.stdout.write(json.dumps(cmp.to_dict(), indent=1, default=str) + "\n")
+    elif fmt == "json":
+        sys.stdout.write(dumps(cmp.to_dict()) + "\n")
     else:
         con = _console()
         th = ", ".join(f"{k} {v:g}" for k, v in cmp.thresholds.items())
@@ -124,8 +138,8 @@ def cmd_schedule_list(args) -> int:
 
     from hilbed.orchestrator.cli import scheduled as sch
     rows = sch.list_schedules(args.state_dir)
-    if args.json:
-        print(json.dumps(rows, indent=1))
+    if wants_json(args):
+        emit(args, rows)
         return 0
     if not rows:
         print(f"no schedules in {sch.state_root(args.state_dir)}")
@@ -178,6 +192,38 @@ def cmd_schedule_pin(args) -> int:
 
 # -------------------------------------------------------------- register ---
 
+def legacy_argv(argv: list[str]) -> list[str]:
+    """``compare --json FILE`` / ``--markdown FILE`` (before ``--json`` became a switch) still work:
+    a value after them that is not an option and not a directory (runs are directories) is the old FILE.
+    The rewritten command prints a deprecation note on stderr."""
+    pos = [i for i, a in enumerate(argv) if not a.startswith("-")]
+    if not pos or argv[pos[0]] != "compare":
+        return argv
+    out = argv[:pos[0] + 1]
+    rest = argv[pos[0] + 1:]
+    i = 0
+    while i < len(rest):
+        a = rest[i]
+        flag, eq, val = a.partition("=")
+        if flag in ("--json", "--markdown") and a != "--":
+            if not eq and i + 1 < len(rest) and not rest[i + 1].startswith("-") and not Path(rest[i + 1]).is_dir():
+                val, eq = rest[i + 1], "="
+                i += 1
+            if eq:
+                new = "--output FILE" if flag == "--json" else "--output FILE.md"
+                deprecated(f"`compare {flag} FILE` is now `compare {new}` ({flag} alone prints to stdout); "
+                           f"writing {val}")
+                out += [f"{flag}-file", val]
+                i += 1
+                continue
+        if a == "--":
+            out += rest[i:]
+            break
+        out.append(a)
+        i += 1
+    return out
+
+
 def register(sub) -> None:
     rp = sub.add_parser("report", help="(re)build the HTML report of one or more runs")
     rp.add_argument("runs", nargs="+")
@@ -186,6 +232,7 @@ def register(sub) -> None:
                     help="group by these record fields (default: codec_label condition)")
     rp.add_argument("--title", default=None)
     rp.add_argument("--markdown", action="store_true", help="also print the Markdown summary (for CI logs)")
+    add_json_flag(rp, "print {report, directory, summary_md, runs} as JSON on stdout")
     rp.add_argument("--no-figures", action="store_true", help="tables only (faster)")
     rp.set_defaults(fn=cmd_report)
 
@@ -204,9 +251,14 @@ def register(sub) -> None:
     cp.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate (default 0.05)")
     cp.add_argument("--per-cell", action="store_true", help="plain 95%% intervals per cell instead of Bonferroni-"
                     "adjusted simultaneous ones (more sensitive, more false alarms)")
-    cp.add_argument("--format", choices=("table", "markdown", "json"), default="table")
-    cp.add_argument("--markdown", default=None, metavar="FILE", help="also write the Markdown table here")
-    cp.add_argument("--json", default=None, metavar="FILE", help="also write the comparison as JSON here")
+    cp.add_argument("--format", choices=("table", "markdown", "json"), default="table",
+                    help="what goes to stdout (--json and --markdown are short for json and markdown)")
+    # switches; the old `--json FILE` / `--markdown FILE` still work (legacy_argv), with a note on stderr
+    add_json_flag(cp, "print the comparison as JSON on stdout (nothing else goes to stdout)")
+    cp.add_argument("--markdown", action="store_true", help="print the comparison as a Markdown table on stdout")
+    cp.add_argument("--json-file", default=None, help=argparse.SUPPRESS)
+    cp.add_argument("--markdown-file", default=None, help=argparse.SUPPRESS)
+    add_output(cp, "also write the comparison to this file: Markdown if it ends in .md, else JSON")
     cp.set_defaults(fn=cmd_compare)
 
     sp = sub.add_parser("schedule", help="scheduled regression runs (systemd user timer or crontab)")
@@ -228,7 +280,7 @@ def register(sub) -> None:
     si.set_defaults(fn=cmd_schedule_install)
     sl = ssub.add_parser("list", help="schedules, whether installed, last verdict")
     sl.add_argument("--state-dir", **state)
-    sl.add_argument("--json", action="store_true")
+    add_json_flag(sl, "print the schedules as a JSON list on stdout")
     sl.set_defaults(fn=cmd_schedule_list)
     sr = ssub.add_parser("remove", help="uninstall a schedule's timer (history kept unless --purge)")
     sr.add_argument("name")

@@ -10,19 +10,29 @@ for, so ``hilbed`` stays quick and torch-free for other commands.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
+from hilbed.orchestrator.cli.output import add_json_flag, add_output, emit, wants_json
+
 COMMON_FIT = "common options: --dataset D --model M --size N --seed N --device D --store DIR --threads N --json"
 
 
-def _console():
+def _console(args=None):
+    """Human output; on stderr with ``--json``, which keeps stdout for the JSON document."""
     from rich.console import Console
+    err = wants_json(args)
     # tables are wide; piped output (no terminal) would otherwise be cut at 80 columns
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+    return Console(highlight=False, stderr=err, width=None if (sys.stderr if err else sys.stdout).isatty() else 150)
+
+
+def _quiet_stdout(args):
+    """With ``--json``, whatever a codec or family prints goes to stderr, not into the JSON document."""
+    return contextlib.redirect_stdout(sys.stderr) if wants_json(args) else contextlib.nullcontext()
 
 
 def _add_common(p: argparse.ArgumentParser, fit: bool) -> None:
@@ -35,7 +45,7 @@ def _add_common(p: argparse.ArgumentParser, fit: bool) -> None:
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--store", default=None, help="artifact store directory (default: $HILBED_ARTIFACTS or the cache)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default 1: machines are shared)")
-    p.add_argument("--json", action="store_true", help="print a JSON summary instead of tables")
+    add_json_flag(p, "print a JSON summary on stdout instead of tables (nothing else goes to stdout)")
 
 
 def _progress_cb(con, quiet: bool):
@@ -74,24 +84,27 @@ def cmd_fit(args) -> int:
         os.environ["HILBED_ARTIFACTS"] = str(Path(fa.store).resolve())
     from hilbed.nodes.codecs.artifacts import ArtifactStore
     store = ArtifactStore()
-    con = _console()
+    con = _console(fa)
     prog, cb = _progress_cb(con, fa.json)
     fa.progress = cb
     t0 = time.monotonic()
     try:
-        if prog:
-            with prog:
+        with _quiet_stdout(fa):
+            if prog:
+                with prog:
+                    out = mod.fit_main(fa, store)
+            else:
                 out = mod.fit_main(fa, store)
-        else:
-            out = mod.fit_main(fa, store)
     except (ValueError, FileNotFoundError) as exc:
         print(f"hilbed fit {args.family}: {exc}", file=sys.stderr)
         return 2
     arts = out if isinstance(out, list) else [out]
     summary = getattr(fa, "summary", None)
-    if fa.json:
-        print(json.dumps({"family": args.family, "artifacts": [a.id for a in arts], "store": str(store.root),
-                          "seconds": round(time.monotonic() - t0, 1), "summary": summary}, indent=2, default=str))
+    if wants_json(fa):
+        emit(fa, {"family": args.family, "artifacts": [a.id for a in arts], "store": str(store.root),
+                  "seconds": round(time.monotonic() - t0, 1), "summary": summary,
+                  "facts": {a.id: {k: a.meta[k] for k in ("ratio", "C_bytes", "weights_gyuv", "weights", "pretrain")
+                                   if k in a.meta} for a in arts}})
         return 0
     from rich.table import Table
     t = Table(title=f"hilbed fit {args.family}: {len(arts)} artifact(s) in {store.root}")
@@ -118,7 +131,7 @@ def cmd_eval(args) -> int:
     from hilbed.nodes.codecs.fitting import dataset_spec, load_images, load_target, open_dataset
     if args.store:
         os.environ["HILBED_ARTIFACTS"] = str(Path(args.store).resolve())
-    con = _console()
+    con = _console(args)
     try:
         variants = parse_variants(args.codecs)
         ds = open_dataset(args.dataset, args.size, "test", args.n, args.seed)
@@ -140,8 +153,9 @@ def cmd_eval(args) -> int:
                       f"--model ...` and pass artifact=ID, or give --fit-dataset to fit on first use", file=sys.stderr)
                 return 2
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=con, transient=not args.json, disable=args.json) as prog:
+    with _quiet_stdout(args), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                       TimeElapsedColumn(), console=con, transient=not args.json,
+                                       disable=args.json) as prog:
         t_load = prog.add_task("loading images and model", total=None)
         x, y = load_images(ds, args.n, args.seed, shuffle=args.n is not None and args.n < len(ds))
         model = load_target(args.model, args.device, args.size)
@@ -163,10 +177,11 @@ def cmd_eval(args) -> int:
     meta = {"dataset": dataset_spec(args.dataset), "model": args.model, "n": int(len(x)), "size": args.size,
             "seed": args.seed, "clean_top1": float((model.predict(x).argmax(1) == y).mean()) if len(x) else None}
     out_dir = Path(args.out or Path("runs") / "codec-eval" / time.strftime("%Y%m%d-%H%M%S"))
-    paths = write_outputs(rows, out_dir, f"{meta['dataset']} / {args.model} (n={meta['n']})", meta)
-    if args.json:
-        print(json.dumps({"meta": meta, "rows": rows, "vs_jpeg": compare_to_reference(rows),
-                          "files": {k: str(v) for k, v in paths.items()}}, indent=2, default=str))
+    with _quiet_stdout(args):
+        paths = write_outputs(rows, out_dir, f"{meta['dataset']} / {args.model} (n={meta['n']})", meta)
+    if wants_json(args):
+        emit(args, {"meta": meta, "rows": rows, "vs_jpeg": compare_to_reference(rows),
+                    "files": {k: str(v) for k, v in paths.items()}})
         return 0
     from rich.table import Table
     t = Table(title=f"rate-accuracy on {meta['dataset']} with {args.model} (n={meta['n']}, "
@@ -218,7 +233,8 @@ def register(sub) -> None:
     e.add_argument("--prefixes", action="store_true",
                    help="progressive codecs (pnc, jpeg-progressive): also one row per number of chunks received "
                         "(LABEL@k: PNC blocks, JPEG scans), i.e. accuracy against what a deadline lets through")
-    e.add_argument("--out", default=None, help="output directory (default runs/codec-eval/<time>)")
+    add_output(e, "output directory (default runs/codec-eval/<time>)", metavar="DIR", dest="out",
+               aliases=("--out",))
     e.set_defaults(fn=_eval_defaults)
 
 

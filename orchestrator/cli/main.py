@@ -2,6 +2,10 @@
 
 Exit status: 0 success, 1 a run failed or a regression was found, 2 bad input
 (the message names file:line, the field and what is allowed).
+
+Output (docs/cli.md, :mod:`.output`): ``--json`` is a switch that puts the
+result on stdout as one JSON document and nothing else there; ``--output PATH``
+writes a file; ``--version`` prints ``hilbed <version>``.
 """
 
 from __future__ import annotations
@@ -13,12 +17,32 @@ from pathlib import Path
 from hilbed.nodes.plugins import load_plugins
 from hilbed.orchestrator.cli import analysis, codecs, data, flash, lab, lease, plugins, trace
 from hilbed.orchestrator.cli.defaults import DEFAULT_SCENARIO, DEFAULT_TESTBED, default_path
+from hilbed.orchestrator.cli.output import add_json_flag, add_output, emit, wants_json, write_json
 from hilbed.orchestrator.errors import RunError
 from hilbed.orchestrator.yamlsrc import ConfigError
 
-def _console():
+def _console(args=None):
+    """Human output: stdout, or stderr when ``--json`` keeps stdout for the JSON document."""
     from hilbed.orchestrator.ui import make_console
-    return make_console()
+    return make_console(stderr=wants_json(args))
+
+
+def version_text() -> str:
+    """``hilbed <version>`` and, on a second line, the Python and (if installed) torch versions."""
+    import importlib.metadata as md
+    import importlib.util
+    import platform
+    try:
+        ver = md.version("hilbed")
+    except md.PackageNotFoundError:
+        ver = "unknown (not installed)"
+    extra = f"Python {platform.python_version()}"
+    if importlib.util.find_spec("torch") is not None:
+        try:
+            extra += f", torch {md.version('torch')}"
+        except md.PackageNotFoundError:
+            pass
+    return f"hilbed {ver}\n{extra}"
 
 
 def cmd_validate(args) -> int:
@@ -26,8 +50,9 @@ def cmd_validate(args) -> int:
     must be applicable there)."""
     from hilbed.orchestrator.config import detect_kind, load_scenario, load_testbed
     from hilbed.orchestrator.pairing import check_pair
-    con = _console()
+    con = _console(args)
     bad = 0
+    results = []
     testbed = None
     if args.pair_testbed:
         try:
@@ -42,10 +67,14 @@ def cmd_validate(args) -> int:
             if kind == "scenario" and testbed is not None:
                 check_pair(testbed, cfg, args.pair_testbed)
                 kind += f" on {args.pair_testbed}"
-            con.print(f"{f}: ok ({kind})")
+            if not wants_json(args):
+                con.print(f"{f}: ok ({kind})")
+            results.append({"file": str(f), "ok": True, "kind": kind, "error": None})
         except ConfigError as exc:
             print(exc.one_line(), file=sys.stderr)
+            results.append({"file": str(f), "ok": False, "kind": None, "error": exc.one_line()})
             bad += 1
+    emit(args, {"ok": not bad, "testbed": args.pair_testbed, "files": results})
     return 2 if bad else 0
 
 
@@ -59,6 +88,10 @@ def cmd_plan(args) -> int:
     sc = load_scenario(args.scenario)
     check_pair(tb, sc, args.testbed)
     plan = make_plan(sc, tb)
+    est = plan.estimated_s()
+    if wants_json(args):
+        emit(args, _plan_dict(plan, sc, tb, est, args))
+        return 0
     con = _console()
     table = Table(title=f"plan: {sc.name} on {tb.name}")
     for col in ("#", "trial id", "codec variant", "condition", "link", "jamming", "deadline ms", "rep", "images"):
@@ -70,11 +103,44 @@ def cmd_plan(args) -> int:
         table.add_row(str(t.index), t.id, t.codec.display, t.condition.name, ldesc, t.condition.jamming,
                       f"{t.deadline_ms:g}", str(t.repetition), str(t.n_images))
     con.print(table)
-    est = plan.estimated_s()
     con.print(f"{len(sc.codecs)} codec variants x {len(sc.conditions)} conditions x {sc.repetitions} repetitions "
               f"= {len(plan.trials)} trials, {plan.n_images} images on {len(tb.clients)} client(s); "
               f"estimated duration {est / 60:.1f} min (+ model load)")
     return 0
+
+
+def _link_dict(link) -> dict:
+    return {"kind": link.kind, "rate_kbps": link.rate_kbps, "trace": str(link.trace) if link.trace else None,
+            "delay_ms": link.delay_ms}
+
+
+def _plan_dict(plan, sc, tb, est: float, args) -> dict:
+    trials = [{"index": t.index, "id": t.id, "codec": t.codec.display, "condition": t.condition.name,
+               "link": _link_dict(t.condition.link), "jamming": t.condition.jamming, "deadline_ms": t.deadline_ms,
+               "repetition": t.repetition, "images": t.n_images} for t in plan.trials]
+    return {"scenario": sc.name, "scenario_file": str(args.scenario), "testbed": tb.name,
+            "testbed_file": str(args.testbed), "codec_variants": len(sc.codecs), "conditions": len(sc.conditions),
+            "repetitions": sc.repetitions, "n_trials": len(plan.trials), "n_images": plan.n_images,
+            "clients": len(tb.clients), "estimated_s": round(est, 3), "trials": trials}
+
+
+def _outcome_dict(out) -> dict:
+    summary = []
+    if out.summary is not None and len(out.summary):
+        summary = out.summary.to_dict(orient="records")
+    return {"run_dir": str(out.run_dir), "run_id": out.run_dir.name, "state": out.state, "records": out.records,
+            "planned": out.planned, "wall_s": out.wall_s, "report": str(out.report) if out.report else None,
+            "ok": out.state == "complete" and out.records == out.planned, "summary": summary}
+
+
+def _finish_run(args, out) -> int:
+    if getattr(args, "output", None):
+        write_json(args.output, _outcome_dict(out))
+    if wants_json(args):
+        emit(args, _outcome_dict(out))
+    else:
+        _print_outcome(out)
+    return 0 if out.state == "complete" and out.records == out.planned else 1
 
 
 def _print_outcome(out) -> None:
@@ -97,24 +163,35 @@ def _print_outcome(out) -> None:
 def cmd_run(args) -> int:
     from hilbed.orchestrator.run.runner import Runner
     runner = Runner(args.testbed, args.scenario, results_dir=args.results_dir, quiet=args.quiet,
-                    make_report=not args.no_report)
-    out = runner.execute()
-    _print_outcome(out)
-    return 0 if out.state == "complete" and out.records == out.planned else 1
+                    make_report=not args.no_report, console=_console(args))
+    return _finish_run(args, runner.execute())
 
 
 def cmd_resume(args) -> int:
     from hilbed.orchestrator.run.runner import Runner
     runner = Runner(resume_dir=args.run_dir, quiet=args.quiet, accept_changed_inputs=args.accept_changed_inputs,
-                    force_unlock=args.force_unlock)
-    out = runner.execute()
-    _print_outcome(out)
-    return 0 if out.state == "complete" and out.records == out.planned else 1
+                    force_unlock=args.force_unlock, console=_console(args))
+    return _finish_run(args, runner.execute())
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: two plain lines (argparse's own action would reflow them into one)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hilbed", description="Hardware-in-the-loop testbed for DNN offloading "
-                                "over constrained wireless links.")
+                                "over constrained wireless links.",
+                                epilog="Every command that prints a result takes --json (the result as JSON on "
+                                       "stdout, nothing else there); --output/-o PATH writes a product to a file. "
+                                       "Exit status: 0 ok, 1 a run failed or a regression, 2 bad input.")
+    p.add_argument("--version", "-V", action=_VersionAction, help="print the version (and Python's, torch's) and exit")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="replay a scenario on a testbed")
@@ -123,17 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--results-dir", default=None, help="where runs/<id> go (default: testbed's results_dir)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     r.add_argument("--no-report", action="store_true", help="skip building report/ (`hilbed report` builds it later)")
+    add_json_flag(r, "print the outcome (run directory, state, records, summary rows) as JSON on stdout; "
+                     "progress goes to stderr")
+    add_output(r, "also write the outcome as JSON to this file", short=False)
     r.set_defaults(fn=cmd_run)
 
     v = sub.add_parser("validate", help="check testbed/scenario YAML files")
     v.add_argument("files", nargs="+")
     v.add_argument("--testbed", "-t", dest="pair_testbed", default=None,
                    help="also check each scenario against this testbed")
+    add_json_flag(v, "print {ok, testbed, files: [{file, ok, kind, error}]} as JSON on stdout "
+                     "(errors still go to stderr, one line each)")
     v.set_defaults(fn=cmd_validate)
 
     pl = sub.add_parser("plan", help="print the trial matrix of a scenario")
     pl.add_argument("scenario")
     pl.add_argument("--testbed", "-t", default=None)
+    add_json_flag(pl, "print the trial matrix and totals as JSON on stdout")
     pl.set_defaults(fn=cmd_plan)
 
     rs = sub.add_parser("resume", help="finish an interrupted run without redoing finished images")
@@ -143,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="resume although a trace, dataset, weight or artifact changed (recorded in the manifest)")
     rs.add_argument("--force-unlock", action="store_true",
                     help="take over the run directory's lock held on another host (the run there must be gone)")
+    add_json_flag(rs, "print the outcome as JSON on stdout (as `run --json`)")
+    add_output(rs, "also write the outcome as JSON to this file", short=False)
     rs.set_defaults(fn=cmd_resume)
 
     for register in (trace.register, lab.register, codecs.register, analysis.register, plugins.register,
@@ -156,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         if not plugin.ok:
             print(f"hilbed: plug-in {plugin.module} failed to load: {plugin.error}", file=sys.stderr)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(analysis.legacy_argv(list(sys.argv[1:] if argv is None else argv)))
     if getattr(args, "testbed", "x") is None:
         args.testbed = default_path(DEFAULT_TESTBED)
     if getattr(args, "scenario", "x") is None:

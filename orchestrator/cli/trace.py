@@ -7,9 +7,10 @@ bad arguments); problems print as ``file:line: level: message``.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+
+from hilbed.orchestrator.cli.output import add_json_flag, add_output, dumps, emit, wants_json
 
 KINDS = ("lora", "ltem", "ieee802154")
 
@@ -32,8 +33,10 @@ def cmd_info(args) -> int:
     rep = _report(args)
     if rep is None:
         return 2
-    if args.json:
-        print(json.dumps(rep.as_dict(), indent=1))
+    if wants_json(args):
+        for f in rep.errors:  # bad input keeps its line on stderr
+            print(f, file=sys.stderr)
+        emit(args, rep.as_dict())
         return 2 if rep.errors else 0
     if rep.errors:
         for f in rep.findings:
@@ -57,11 +60,20 @@ def cmd_info(args) -> int:
 
 def cmd_lint(args) -> int:
     worst = 0
+    js = wants_json(args)
+    reports = []
     for path in args.files:
         args.file = path
         rep = _report(args)
         if rep is None:
             return 2
+        if js:
+            for f in rep.errors:
+                print(f, file=sys.stderr)
+            reports.append({**rep.as_dict(), "status": "error" if rep.errors else "warning" if rep.warnings
+                            else "ok"})
+            worst = max(worst, 2 if rep.errors else 1 if rep.warnings else 0)
+            continue
         for f in rep.findings:
             print(f, file=sys.stderr if f.level == "error" else sys.stdout)
         if rep.errors:
@@ -71,6 +83,8 @@ def cmd_lint(args) -> int:
         else:
             print(f"{path}: ok ({rep.format}, {_fmt_rate(rep.facts['mean_kbps'])} mean, "
                   f"{rep.facts['duration_s']:.3f} s)")
+    if js:
+        emit(args, {"ok": worst == 0, "exit": worst, "files": reports})
     return worst
 
 
@@ -108,7 +122,7 @@ def cmd_gen(args) -> int:
                "opportunity_bytes": tr.opportunity_bytes, "duration_ms": tr.times_ms[-1],
                "mean_kbps": round(tr.mean_kbps, 4), "params": tr.params,
                "facts": {k: round(v, 4) if isinstance(v, float) else v for k, v in tr.facts.items()}}
-    print(json.dumps(summary, indent=1))
+    sys.stdout.write(dumps(summary) + "\n")  # gen always prints its summary as JSON (--json is accepted)
     if fmt == "mahimahi":
         print(f"# scenario link: {{kind: trace, trace: {out.name}, opportunity_bytes: {tr.opportunity_bytes}}}",
               file=sys.stderr)
@@ -128,12 +142,13 @@ def register(sub) -> None:
     i = ts.add_parser("info", help="duration, mean/min/max rate over 1 s windows, warnings")
     i.add_argument("file")
     common(i)
-    i.add_argument("--json", action="store_true")
+    add_json_flag(i, "print the facts and findings as JSON on stdout")
     i.set_defaults(fn=cmd_info)
 
     li = ts.add_parser("lint", help="check traces; exit 1 on warnings, 2 on errors")
     li.add_argument("files", nargs="+")
     common(li)
+    add_json_flag(li, "print {ok, exit, files: [facts, findings, status]} as JSON on stdout")
     li.set_defaults(fn=cmd_lint)
 
     g = ts.add_parser("gen", help="generate a LoRa, LTE-M or 802.15.4 trace (see docs/links.md)")
@@ -163,6 +178,8 @@ def register(sub) -> None:
     ie.add_argument("--no-csma", action="store_true")
     for p in (lo, lt, ie):
         p.add_argument("--duration-s", type=float, default=60.0)
-        p.add_argument("-o", "--output", required=True, help="FILE (.csv = rate schedule, else Mahimahi)")
+        add_output(p, "the trace FILE to write (.csv = rate schedule, else Mahimahi)", required=True)
+        p.add_argument("--json", action="store_true", help="accepted for consistency: the summary on stdout is "
+                       "always JSON")
         p.add_argument("--csv-step-ms", type=int, default=100, help="bin width when writing CSV")
         p.set_defaults(fn=cmd_gen)
