@@ -48,6 +48,7 @@ import pandas as pd
 
 from .load import load_manifest, load_run, scenario_of
 from .metrics import GROUP, _flag, _num, with_latency
+from .provenance import ProvenanceDiff, diff_provenance
 from .runlog import overload_text, overloads, unapplied
 from .stats import EARLY_STOP_CONFIDENCE, bootstrap_ratio_pct, early_stop_min_n, newcombe_diff, paired_diff
 
@@ -103,6 +104,8 @@ class Comparison:
     missing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: where the two runs' provenance differs (code, packages, firmware, model, inputs, lease)
+    provenance: list[ProvenanceDiff] = field(default_factory=list)
 
     @property
     def regressions(self) -> list[Delta]:
@@ -148,6 +151,7 @@ class Comparison:
                 "regressions": len(self.regressions), "inconclusive": len(self.inconclusive),
                 "not_enough_samples": len(self.not_enough_samples), "not_trustworthy": len(self.untrustworthy),
                 "warnings": self.warnings, "missing": self.missing,
+                "provenance": [asdict(d) for d in self.provenance],
                 "notes": [n for n in self.notes if n not in self.warnings],
                 "deltas": [{**asdict(d)} for d in self.deltas]}
 
@@ -351,5 +355,7 @@ def compare_runs(base_dir: str | Path, run_dir: str | Path, overrides: dict | No
     bg, rg = (bm.get("git") or {}).get("sha"), (rm.get("git") or {}).get("sha")
     if bg and rg and bg != rg:
         cmp.notes.append(f"git: base {bg[:12]}, run {rg[:12]}")
+    cmp.provenance = diff_provenance(bm, rm)
+    cmp.warnings += [d.text() for d in cmp.provenance]
     _trust(cmp, bm, rm)
     return cmp

@@ -55,6 +55,20 @@ SUMMARY_COLUMNS: dict[str, str] = {
     "clock_uncertainty_ms": "largest clock-offset uncertainty of the group's records (client + edge), ms",
 }
 
+#: energy columns of the summary (``docs/energy.md`` lists these); null where the records carry no energy
+ENERGY_COLUMNS: dict[str, str] = {
+    "energy_n": "images with both an encode and a transmit energy (the energy means below are over these)",
+    "energy_encode_mj_mean": "mean client energy of encoding per image, mJ",
+    "energy_tx_mj_mean": "mean transmit energy per image, mJ",
+    "energy_mj_mean": "mean energy per image, encode + transmit, mJ",
+    "energy_per_correct_mj": "energy of all measured images / those correct by the deadline (top-1 right from what "
+                             "reached the edge by the deadline), mJ; inf: none correct",
+    "power_idle_mw_mean": "mean idle baseline of the client measured before the condition, mW",
+    "power_samples_sum": "meter samples inside the images' encode and transmit windows",
+    "power_missed_sum": "samples the meter's rate promised in those windows that did not come",
+    "power_flagged_sum": "implausible samples (negative, above the meter's range) left out of the energy",
+}
+
 
 def _ms(d: pd.DataFrame, a: str, b: str) -> pd.Series:
     """(b - a) in ms, computed on exact integers, null when either end is null."""
@@ -153,7 +167,38 @@ def group_row(g: pd.DataFrame) -> dict:
     row["jammer_mbps_mean"] = _mean(_num(g["jammer_mbps"]))
     unc = _num(g["clock_uncertainty_ns"])
     row["clock_uncertainty_ms"] = float(np.nanmax(unc)) / 1e6 if (~np.isnan(unc)).any() else math.nan
+    row.update(energy_row(g))
     return row
+
+
+def _col(g: pd.DataFrame, name: str) -> np.ndarray:
+    return _num(g[name]) if name in g.columns else np.full(len(g), np.nan)
+
+
+def has_energy(df: pd.DataFrame) -> bool:
+    """Whether any record carries an encode or transmit energy (runs before the power meter carry none)."""
+    return any(c in df.columns and df[c].notna().any() for c in ("energy_encode_mj", "energy_tx_mj"))
+
+
+def energy_row(g: pd.DataFrame) -> dict:
+    """The energy columns of one group (:data:`ENERGY_COLUMNS`).
+
+    An image counts only with both parts measured: a flagged or missing window
+    would otherwise make a codec look cheap. Per correct image divides the
+    energy of every measured image (wrong ones cost energy too) by the correct ones among them.
+    """
+    enc, tx = _col(g, "energy_encode_mj"), _col(g, "energy_tx_mj")
+    both = ~np.isnan(enc) & ~np.isnan(tx)
+    n = int(both.sum())
+    total = enc[both] + tx[both]
+    correct = int(_flag(g["correct1"])[both].sum()) if "correct1" in g.columns else 0
+    s = lambda c: int(np.nansum(_col(g, c))) if (~np.isnan(_col(g, c))).any() else math.nan  # noqa: E731
+    return {"energy_n": n, "energy_encode_mj_mean": _mean(enc), "energy_tx_mj_mean": _mean(tx),
+            "energy_mj_mean": float(total.mean()) if n else math.nan,
+            "energy_per_correct_mj": (float(total.sum()) / correct if correct else math.inf) if n else math.nan,
+            "power_idle_mw_mean": _mean(_col(g, "power_idle_mw")),
+            "power_samples_sum": s("power_samples"), "power_missed_sum": s("power_missed"),
+            "power_flagged_sum": s("power_flagged")}
 
 
 def summary(df: pd.DataFrame, by: list[str] | str | None = None) -> pd.DataFrame:
@@ -168,7 +213,7 @@ def summary(df: pd.DataFrame, by: list[str] | str | None = None) -> pd.DataFrame
     if missing:
         raise KeyError(f"unknown grouping field(s): {', '.join(missing)}")
     if len(df) == 0:
-        return pd.DataFrame(columns=by + [c for c in SUMMARY_COLUMNS if not c.startswith("<")])
+        return pd.DataFrame(columns=by + [c for c in SUMMARY_COLUMNS if not c.startswith("<")] + list(ENERGY_COLUMNS))
     d = df if "e2e_ms" in df.columns else with_latency(df)
     rows = []
     for key, g in d.groupby(by, sort=False, dropna=False):

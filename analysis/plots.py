@@ -21,7 +21,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .metrics import _flag, _num, summary, throughput_series  # noqa: E402
+from .metrics import _flag, _num, has_energy, summary, throughput_series  # noqa: E402
 from .schema import LATENCY_COMPONENTS  # noqa: E402
 from .runlog import EVENT_STYLE, RunMark, run_marks, unapplied  # noqa: E402
 from .styles import COMPONENT_COLOURS, COMPONENT_HATCH, StyleRegistry, codec_style  # noqa: E402,F401
@@ -634,5 +634,37 @@ def timeline_trial(df: pd.DataFrame, out: Path, styles: StyleRegistry, manifest:
         _save(fig, out, "timeline_trial"))
 
 
+def accuracy_vs_energy(df: pd.DataFrame, out: Path, styles: StyleRegistry) -> Figure:
+    """Top-1 against mean energy per image (encode + transmit), one panel per condition: what accuracy costs."""
+    if len(df) == 0 or not has_energy(df):
+        raise SkipPlot("no energy in the records (no power meter on the clients)")
+    conds = list(dict.fromkeys(df["condition"].astype(str)))
+    fig, axes = _grid(len(conds))
+    drawn = 0
+    for ax, cond in zip(axes, conds):
+        s = summary(df[df["condition"].astype(str) == cond], ["codec_label", "codec"])
+        s = s[s["energy_n"] > 0]
+        for _, r in s.iterrows():
+            st = styles.style(r["codec_label"])
+            ax.errorbar([r["energy_mj_mean"]], [100 * r["top1"]], yerr=_yerr(pd.DataFrame([r]), "top1"),
+                        color=st["color"], marker=st["marker"], capsize=2, ms=6, label=str(r["codec_label"]))
+            drawn += 1
+        ax.set_ylim(-3, 103)
+        ax.set_xlabel("mean energy per image, encode + transmit (mJ)")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title(cond, fontsize=9)
+        ax.grid(alpha=0.3)
+    if not drawn:
+        plt.close(fig)
+        raise SkipPlot("no image has both an encode and a transmit energy")
+    fig.suptitle("Accuracy vs energy", y=1.0)
+    fig.tight_layout()
+    _legend_right(fig, axes[-1])
+    return Figure("accuracy_vs_energy", "Accuracy vs energy",
+                  "Top-1 accuracy (Wilson 95%) against the mean energy per image (encode + transmit, images with "
+                  "both measured), one panel per condition; up and to the left is better.",
+                  _save(fig, out, "accuracy_vs_energy"))
+
+
 ALL = (latency_breakdown, accuracy_vs_jamming, accuracy_vs_deadline, rate_accuracy, latency_cdf, miss_heatmap,
-       timeline, timeline_trial)
+       accuracy_vs_energy, timeline, timeline_trial)

@@ -26,7 +26,7 @@ import pyarrow as pa
 from . import plots
 from .checks import all_warnings
 from .load import load_events, load_manifest, load_runs, load_table, scenario_of, to_pandas
-from .metrics import CLAIM_PERCENTILES, GROUP, encode_overhead, latency_table, summary, with_latency
+from .metrics import CLAIM_PERCENTILES, GROUP, encode_overhead, has_energy, latency_table, summary, with_latency
 from .runlog import (EVENT_STYLE, UNAPPLIED_STATE, host_loads, marks_summary, run_marks, unapplied,
                      unapplied_text, utc)
 from .schema import LATENCY_COMPONENTS
@@ -200,6 +200,45 @@ def encode_rows(table: pd.DataFrame, ref: str | None) -> tuple[list[str], list[l
     return head, rows
 
 
+def energy_rows(summ: pd.DataFrame, by: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Energy per image and per correct image of each group (empty when no record carries energy)."""
+    head = [dict(COLUMNS).get(b, b) for b in by] + ["n", "measured", "encode mJ", "transmit mJ", "mJ / image",
+                                                    "mJ / correct image", "top-1 %", "idle mW", "samples",
+                                                    "missed", "flagged"]
+    if "energy_n" not in summ.columns or not (summ["energy_n"] > 0).any():
+        return head, []
+    rows = []
+    for _, r in summ.iterrows():
+        per = r["energy_per_correct_mj"]
+        i = lambda v: "-" if v != v else str(int(v))  # noqa: E731
+        rows.append([*(str(r[b]) for b in by), str(int(r["n"])), str(int(r["energy_n"])),
+                     _f(r["energy_encode_mj_mean"], 2), _f(r["energy_tx_mj_mean"], 2), _f(r["energy_mj_mean"], 2),
+                     "none correct" if per == math.inf else _f(per, 2), _f(100 * r["top1"]),
+                     _f(r["power_idle_mw_mean"], 0), i(r["power_samples_sum"]), i(r["power_missed_sum"]),
+                     i(r["power_flagged_sum"])])
+    return head, rows
+
+
+def energy_warnings(df: pd.DataFrame) -> list[str]:
+    """Readings the meters flagged or missed, and images whose energy is unknown: said, never hidden."""
+    if not has_energy(df):
+        return []
+    out = []
+    num = lambda c: pd.to_numeric(df[c], errors="coerce") if c in df.columns else pd.Series(dtype=float)  # noqa
+    flagged, missed, samples = num("power_flagged").sum(), num("power_missed").sum(), num("power_samples").sum()
+    if flagged > 0:
+        out.append(f"{int(flagged)} implausible power sample(s) (negative or above the meter's range) were left out "
+                   "of the energy")
+    if missed > 0:
+        out.append(f"power meters missed {int(missed)} sample(s) their rate promised "
+                   f"({int(samples)} taken in the images' windows)")
+    unknown = int((num("energy_encode_mj").isna() | num("energy_tx_mj").isna()).sum())
+    if unknown:
+        out.append(f"{unknown} of {len(df)} image(s) lack an encode or transmit energy; the energy columns leave "
+                   "them out")
+    return out
+
+
 def event_rows(df: pd.DataFrame, manifests: list[dict], events_per_run: list[list[dict]]) -> list[dict]:
     """Incidents, reconnects, jammer watchdog stops, resumes and failures of every run, in time order per run."""
     out = []
@@ -242,13 +281,14 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
     latency_table(lat, by).to_csv(out / "latency.csv", index=False)
     enc, ref = encode_overhead(lat)
     enc.assign(reference=ref).to_csv(out / "encode_overhead.csv", index=False)
-    warnings = all_warnings(lat, summary(lat) if by != GROUP else summ, manifests, events)
+    warnings = all_warnings(lat, summary(lat) if by != GROUP else summ, manifests, events) + energy_warnings(lat)
     unapplied_lines = unapplied_notices(manifests)
     runs = [run_facts(d, m, n) for d, m, n in zip(run_dirs, manifests, counts)]
     title = title or ", ".join(dict.fromkeys(r["scenario"] or "?" for r in runs))
     lhead, lrows = latency_rows(summ, by)
     chead, crows = claim_rows(summ, by)
     ehead, erows = encode_rows(enc, ref)
+    nhead, nrows = energy_rows(summ, by)
     evrows = event_rows(df, manifests, events_per_run)
     bad = _unapplied_conditions(manifests) if "condition" in by else set()
     rows = []
@@ -263,7 +303,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
         columns=headers(by), rows=rows, lat_columns=lhead, lat_rows=lrows,
         claim_columns=chead, claim_rows=crows, confidence=f"{100 * EARLY_STOP_CONFIDENCE:g}",
         tail=f"{100 * (1 - EARLY_STOP_CONFIDENCE):g}",
-        enc_columns=ehead, enc_rows=erows, enc_ref=ref, events=evrows,
+        enc_columns=ehead, enc_rows=erows, enc_ref=ref, energy_columns=nhead, energy_rows=nrows, events=evrows,
         events_summary=marks_summary([mk for evs in events_per_run for mk in run_marks(evs)]),
         figures=[{"title": f.title, "caption": f.caption, "name": f.name,
                   "src": "data:image/png;base64," + base64.b64encode(f.png.read_bytes()).decode(),
@@ -272,7 +312,8 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
     (out / "index.html").write_text(html, encoding="utf-8")
     (out / "summary.md").write_text(markdown_summary(summ, by, warnings=warnings, notes=notes, runs=runs,
                                                      figures=[f.name for f in figs], unapplied=unapplied_lines,
-                                                     claims=(chead, crows), encode=(ehead, erows)),
+                                                     claims=(chead, crows), encode=(ehead, erows),
+                                                     energy=(nhead, nrows)),
                                     encoding="utf-8")
     return out / "index.html"
 
@@ -296,7 +337,8 @@ def markdown_summary(summ: pd.DataFrame, by: list[str] | None = None, *, warning
                      notes: list[str] | None = None, runs: list[dict] | None = None,
                      figures: list[str] | None = None, unapplied: list[str] | None = None,
                      claims: tuple[list[str], list[list[str]]] | None = None,
-                     encode: tuple[list[str], list[list[str]]] | None = None) -> str:
+                     encode: tuple[list[str], list[list[str]]] | None = None,
+                     energy: tuple[list[str], list[list[str]]] | None = None) -> str:
     """The report in Markdown for CI logs: conditions not applied, runs, the tables, warnings, figures."""
     parts = []
     if unapplied:
@@ -317,6 +359,9 @@ def markdown_summary(summ: pd.DataFrame, by: list[str] | None = None, *, warning
     if encode and encode[1]:
         parts += ["**Encode overhead** (the codec's own time; wait: the client busy with earlier images)", "",
                   _md_table(*encode, 2)]
+    if energy and energy[1]:
+        parts += ["**Energy per image** (encode + transmit; per correct image: all measured images' energy / "
+                  "the correct ones)", "", _md_table(*energy, nby)]
     if warnings:
         parts += ["**Warnings**", ""] + [f"- {w}" for w in warnings] + [""]
     if notes:

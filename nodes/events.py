@@ -44,6 +44,7 @@ class RunEvent(str, Enum):
     JAMMER_LAPSED = "jammer_lapsed"        # a heartbeat found the jammer idle (watchdog, crash) during jamming
     JAMMER_REARMED = "jammer_rearmed"
     JAMMER_REARM_FAILED = "jammer_rearm_failed"
+    POWER_BASELINE = "power_baseline"      # a client's idle power before a condition's trials
     TRIALS_DAMAGED = "trials_damaged"      # resume skipped lines of trials.jsonl that are not records
     INPUTS_CHANGED = "inputs_changed"      # resume found changed inputs and was told to go on
     INPUTS_UNVERIFIED = "inputs_unverified"  # resume of a run that recorded no input hashes

@@ -69,9 +69,22 @@ FIELDS: dict[str, tuple[str, str]] = {
     "client_clock_offset_ns": ("int64", "client clock minus controller clock (ns)"),
     "edge_clock_offset_ns": ("int64", "edge clock minus controller clock (ns)"),
     "clock_uncertainty_ns": ("int64", "sum of both offsets' uncertainties (ns)"),
+    "energy_encode_mj": ("float64", "client energy over the encode window, mJ (null: no meter, or no valid sample)"),
+    "energy_tx_mj": ("float64", "energy over the transmit window, mJ (the radio's meter when it has one; emulated: "
+                                "the radio model alone)"),
+    "power_samples": ("int64", "meter samples inside the encode and transmit windows (0: modelled, emulated meter)"),
+    "power_missed": ("int64", "samples the meter's rate promised in those windows that did not come or failed"),
+    "power_flagged": ("int64", "implausible samples (negative, above the meter's range) left out of the energy"),
+    "power_idle_mw": ("float64", "the client's idle power measured before the condition (power_baseline), mW"),
+    "power_meter": ("string", "meter kind (emulated | ina219 | ina226 | ppk2; '+kind' for a radio meter); null: none"),
     "close_reason": ("string", "end | aborted | deadline | disconnect | superseded | unsent | header_lost | rejected"),
     "error": ("string", "error text when the image produced no reply"),
 }
+
+#: raw keys of the client's power meter, copied to the record as they are (docs/energy.md)
+ENERGY_KEYS = ("energy_encode_mj", "energy_tx_mj", "power_samples", "power_missed", "power_flagged", "power_idle_mw",
+               "power_meter")
+
 
 def arrow_schema():
     """The record as an Arrow schema (results.parquet); needs pyarrow."""
@@ -128,6 +141,7 @@ def make_record(raw: dict, *, run_id: str, scenario: str, trial_id: str, codec: 
         "jammer_note": jammer.get("jammer_note"),
         "client_clock_offset_ns": c_ns, "edge_clock_offset_ns": e_ns,
         "clock_uncertainty_ns": client_offset["uncertainty_ns"] + edge_offset["uncertainty_ns"],
+        **{k: raw.get(k) for k in ENERGY_KEYS},
         "close_reason": raw.get("close"), "error": raw.get("error"),
     }
     unknown = set(rec) - set(FIELDS)

@@ -185,6 +185,13 @@ class RadioCfg(Strict):
                                   "when it reports another")
 
 
+class PowerCfg(BaseModel):
+    """A client's power meter (nodes/power; docs/energy.md): the settings go to the meter as they are."""
+    model_config = ConfigDict(extra="allow")
+    meter: Literal["emulated", "ina219", "ina226", "ppk2", "none"] = "none"
+    radio: dict | None = Field(None, description="a second meter on the radio's supply, e.g. {kind: ppk2, port: ...}")
+
+
 class NodeCfg(Strict):
     roles: list[str] = Field(..., min_length=1, max_length=16, description="node roles (see hilbed.orchestrator.roles)")
     transport: TransportCfg = Field(default_factory=LocalTransportCfg)
@@ -193,6 +200,7 @@ class NodeCfg(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     interface: Iface | None = Field(None, description="network interface for tc shaping")
     radio: RadioCfg | None = None
+    power: PowerCfg | None = Field(None, description="energy per image: the client's power meter")
     jammer_target: Host | None = Field(None, description="host running `iperf3 -s` across the Wi-Fi; default loopback")
     description: Text = ""
 

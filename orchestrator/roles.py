@@ -103,6 +103,11 @@ def _prepare_client(ctx: Any, node: str) -> None:
     """Open the dataset; its classes must be the ones the edge's model labels (checked before any trial)."""
     wl = ctx.scenario.workload
     got = ctx.agent(node, "client").call("configure", node=node, dataset=wl.dataset, size=wl.image_size, seed=wl.seed)
+    power = ctx.testbed.nodes[node].power
+    if power is not None and power.meter != "none":
+        settings = power.model_dump(exclude={"meter", "radio"}, exclude_none=True)
+        ctx.manifest.setdefault("power_meters", {})[node] = ctx.agent(node, "client").call(
+            "power_meter", timeout=30, kind=power.meter, radio=power.radio, **settings)
     model_classes = (ctx.manifest.get("model") or {}).get("classes")
     if model_classes is not None and got and got.get("classes") is not None:
         try:

@@ -46,6 +46,8 @@ from hilbed.orchestrator.ui import make_console
 
 #: lead time between asking clients to start a trial and the first image's arrival
 START_MARGIN_NS = 30_000_000
+#: seconds of idle power measured per condition on metered clients
+POWER_BASELINE_S = 1.0
 
 
 def git_facts() -> dict:
@@ -366,6 +368,7 @@ class Runner:
                 cond = items[0][0].condition
                 try:
                     jam = self.conditions.apply(cond)
+                    self._power_baselines(cond)
                     for t, rem in items:
                         self._trials[t.id].jammer = jam
                         prog.update(self._task, description=f"{cond_name} · {t.codec.display} · rep {t.repetition}")
@@ -375,6 +378,15 @@ class Runner:
                     self.conditions.clear()
             self.ctx.probe_clocks("after")
             self.ctx.record_host_load("after")
+
+    def _power_baselines(self, cond: Any) -> None:
+        """Idle power of every metered client with the condition applied and nothing in flight."""
+        for c in self.testbed.clients:
+            power = self.testbed.nodes[c].power
+            if power is None or power.meter == "none":
+                continue
+            res = self.ctx.agent(c, "client").call("power_baseline", timeout=30, duration_s=POWER_BASELINE_S)
+            self.ctx.event(RunEvent.POWER_BASELINE, node=c, condition=cond.name, result=res)
 
     def _reapply(self, cond: Any, trial: Any, restarted: list[tuple[str, str]]) -> None:
         """After a reconnect: reopen the condition's links; set jamming again when its agents restarted."""

@@ -145,8 +145,12 @@ def test_summary_columns_are_documented():
     from hilbed.analysis.metrics import SUMMARY_COLUMNS
     for col, meaning in SUMMARY_COLUMNS.items():
         assert f"| `{col}` | {meaning} |" in doc, col
+    from hilbed.analysis.metrics import ENERGY_COLUMNS
+    energy_doc = (Path(__file__).resolve().parents[2] / "docs" / "energy.md").read_text(encoding="utf-8")
+    for col, meaning in ENERGY_COLUMNS.items():
+        assert f"| `{col}` | {meaning} |" in energy_doc, col
     s = summary(load_run(TINY))
     from hilbed.analysis.schema import LATENCY_COMPONENTS
-    expected = {c for c in SUMMARY_COLUMNS if not c.startswith("<")}
+    expected = {c for c in SUMMARY_COLUMNS if not c.startswith("<")} | set(ENERGY_COLUMNS)
     expected |= {f"{c}_p{q}_ms" for c in LATENCY_COMPONENTS for q in (50, 95)}
     assert set(s.columns) == {"codec_label", "condition"} | expected

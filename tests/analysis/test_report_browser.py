@@ -69,7 +69,7 @@ def report(tmp_path_factory) -> Path:
 def test_report_renders_without_errors(report, tmp_path):
     res, console = probe(report, tmp_path)
     assert res["errors"] == [] and console == []
-    assert res["images"] == 8 and res["loaded"] == 8
+    assert res["images"] == 9 and res["loaded"] == 9  # every figure, accuracy vs energy included
 
 
 def test_probe_catches_broken_images_and_console_errors(tmp_path):

@@ -22,7 +22,7 @@ sys.path.insert(0, str(DATA))
 import synth  # noqa: E402
 
 ALL_FIGURES = ["latency_breakdown", "accuracy_vs_jamming", "accuracy_vs_deadline", "rate_accuracy", "latency_cdf",
-               "miss_heatmap", "timeline", "timeline_trial"]
+               "miss_heatmap", "accuracy_vs_energy", "timeline", "timeline_trial"]
 
 
 class Tables(HTMLParser):
@@ -150,7 +150,9 @@ def test_tiny_report_warnings_and_notes(tiny_report):
     assert "accuracy vs deadline skipped: only one deadline in the data (100 ms)" in html
     out = tiny_report.parent
     assert not (out / "accuracy_vs_jamming.png").exists()
-    for name in set(ALL_FIGURES) - {"accuracy_vs_jamming", "accuracy_vs_deadline"}:
+    assert "accuracy vs energy skipped: no energy in the records (no power meter on the clients)" in html
+    assert not (out / "accuracy_vs_energy.png").exists()
+    for name in set(ALL_FIGURES) - {"accuracy_vs_jamming", "accuracy_vs_deadline", "accuracy_vs_energy"}:
         assert (out / f"{name}.png").exists() and (out / f"{name}.svg").exists()
     # manifest facts
     assert "feedfacefeedfacefeedfacefeedfacefeedface" in html

@@ -98,6 +98,11 @@ def records(run_id: str, seed: int = 0, n_images: int = 30, codecs=CODECS, condi
                     "jammer_load": load, "jammer_mbps": JAM_MBPS.get(jam), "client_clock_offset_ns": -5000,
                     "edge_clock_offset_ns": -6000, "clock_uncertainty_ns": 50_000,
                     "close_reason": "end" if met else "deadline", "error": None,
+                    # the emulated meter's model (docs/energy.md), drawn from no random numbers
+                    "energy_encode_mj": round((2700.0 + 925.0) * (enc - 0.2) / 1e3, 6),
+                    "energy_tx_mj": round(14.4 * ((close_ms - 5.0 if met else deadline) - enc) / 1e3, 6),
+                    "power_samples": 0, "power_missed": 0, "power_flagged": 0, "power_idle_mw": 2700.0,
+                    "power_meter": "emulated",
                 })
     return out
 
