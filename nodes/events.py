@@ -44,6 +44,7 @@ class RunEvent(str, Enum):
     JAMMER_LAPSED = "jammer_lapsed"        # a heartbeat found the jammer idle (watchdog, crash) during jamming
     JAMMER_REARMED = "jammer_rearmed"
     JAMMER_REARM_FAILED = "jammer_rearm_failed"
+    LEASE_LOST = "lease_lost"              # another controller took a node over (forced, or the lease ran out)
     POWER_BASELINE = "power_baseline"      # a client's idle power before a condition's trials
     TRIALS_DAMAGED = "trials_damaged"      # resume skipped lines of trials.jsonl that are not records
     INPUTS_CHANGED = "inputs_changed"      # resume found changed inputs and was told to go on

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HILBED_CACHE_DIR", str(REPO / ".hilbed-cache"))
+# node health history and local leases of test runs never reach the user's state dir
+os.environ.setdefault("HILBED_STATE_DIR", tempfile.mkdtemp(prefix="hilbed-test-state-"))
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 

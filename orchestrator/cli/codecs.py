@@ -44,7 +44,9 @@ def _add_common(p: argparse.ArgumentParser, fit: bool) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"))
     p.add_argument("--store", default=None, help="artifact store directory (default: $HILBED_ARTIFACTS or the cache)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default 1: machines are shared)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra- and inter-op threads, and OMP/MKL_NUM_THREADS for subprocesses (default "
+                        "$HILBED_FIT_THREADS or 1: machines are shared)")
     add_json_flag(p, "print a JSON summary on stdout instead of tables (nothing else goes to stdout)")
 
 
@@ -124,16 +126,48 @@ def cmd_fit(args) -> int:
 
 # ---------------------------------------------------------- eval-codecs ---
 
+class _PlainProgress:
+    """Progress off a terminal: a plain line on stderr at most every ``interval`` seconds, and per variant."""
+
+    def __init__(self, total: int, interval: float, stream=None):
+        self.total, self.interval, self.stream = max(1, total), interval, stream or sys.stderr
+        self.done, self.label = 0, ""
+        self.t0 = self.last = time.monotonic()
+
+    def _line(self, what: str) -> None:
+        el = time.monotonic() - self.t0
+        eta = f", ~{el * (self.total - self.done) / self.done:.0f} s left" if self.done else ""
+        print(f"eval-codecs: {self.done}/{self.total} images ({100 * self.done / self.total:.0f} %), {what}, "
+              f"{el:.0f} s{eta}", file=self.stream, flush=True)
+        self.last = time.monotonic()
+
+    def start(self, label: str) -> None:
+        self.label = label
+
+    def advance(self, k: int) -> None:
+        self.done += k
+        if time.monotonic() - self.last >= self.interval:
+            self._line(self.label)
+
+    def finished(self, label: str, note: str = "done") -> None:
+        self._line(f"{label} {note}")
+
+
 def cmd_eval(args) -> int:
+    from hilbed.nodes.codecs.fitting import set_threads
+    threads = set_threads(args.threads)  # before torch does any work
     from hilbed.nodes.codecs import codec_class
-    from hilbed.nodes.codecs.fitting.evaluate import (compare_to_reference, evaluate_prefixes, evaluate_variant,
-                                                      parse_variants, write_outputs)
-    from hilbed.nodes.codecs.fitting import dataset_spec, load_images, load_target, open_dataset
+    from hilbed.nodes.codecs.fitting import evaluate as E
+    from hilbed.nodes.codecs.fitting import dataset_spec, load_images, load_target, model_fingerprint, open_dataset
+    from rich.markup import escape
     if args.store:
         os.environ["HILBED_ARTIFACTS"] = str(Path(args.store).resolve())
+    if args.resume and not args.out:
+        print("hilbed eval-codecs: --resume needs --out DIR (the directory of the run to resume)", file=sys.stderr)
+        return 2
     con = _console(args)
     try:
-        variants = parse_variants(args.codecs)
+        variants = E.parse_variants(args.codecs)
         ds = open_dataset(args.dataset, args.size, "test", args.n, args.seed)
     except (ValueError, FileNotFoundError) as exc:
         print(f"hilbed eval-codecs: {exc}", file=sys.stderr)
@@ -152,58 +186,119 @@ def cmd_eval(args) -> int:
                 print(f"hilbed eval-codecs: {v.label} names no artifact; run `hilbed fit {v.codec} --dataset ... "
                       f"--model ...` and pass artifact=ID, or give --fit-dataset to fit on first use", file=sys.stderr)
                 return 2
+    try:
+        fingerprint = model_fingerprint(args.model)
+    except (ValueError, FileNotFoundError, OSError):
+        fingerprint = None
+    mismatch: dict[str, str] = {}
+    for v in variants:
+        bad = E.fingerprint_mismatches(v, fingerprint)
+        if bad:
+            mismatch[v.label] = "; ".join(f"{b['artifact']} fitted for {b['fitted_for']}" for b in bad)
+            print(f"hilbed eval-codecs: warning: {v.label}: {mismatch[v.label]}, not {fingerprint}", file=sys.stderr)
+    out_dir = Path(args.out or Path("runs") / "codec-eval" / time.strftime("%Y%m%d-%H%M%S"))
+    n_eval = min(args.n, len(ds)) if args.n is not None else len(ds)
+    header = {"dataset": dataset_spec(args.dataset), "model": args.model, "n": n_eval, "size": args.size,
+              "seed": args.seed, "batch": args.batch, "feedback_batch": args.feedback_batch}
+    try:
+        log = E.PartialLog.open(out_dir, header, args.resume)
+    except (ValueError, FileExistsError) as exc:
+        print(f"hilbed eval-codecs: {exc}", file=sys.stderr)
+        return 2
+    if log.done:
+        print(f"hilbed eval-codecs: resuming: {len(log.done)} unit(s) already in {log.path}", file=sys.stderr)
+
+    def tag(rows: list[dict], v) -> list[dict]:
+        for r in rows:
+            r["model_mismatch"] = mismatch.get(v.label, "")
+        return rows
+
+    tty = (sys.stderr if wants_json(args) else sys.stdout).isatty()
+    plain = None if (tty or args.progress_interval < 0) else _PlainProgress(len(variants) * n_eval,
+                                                                            args.progress_interval)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     with _quiet_stdout(args), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                        TimeElapsedColumn(), console=con, transient=not args.json,
-                                       disable=args.json) as prog:
+                                       disable=args.json or not tty) as prog:
         t_load = prog.add_task("loading images and model", total=None)
         x, y = load_images(ds, args.n, args.seed, shuffle=args.n is not None and args.n < len(ds))
         model = load_target(args.model, args.device, args.size)
         prog.remove_task(t_load)
         total = prog.add_task("codecs", total=len(variants) * len(x))
+
+        def advance(k: int) -> None:
+            prog.advance(total, k)
+            if plain:
+                plain.advance(k)
         rows = []
         for v in variants:
-            prog.update(total, description=f"{v.label[:60]}")
-            try:
-                rows.append(evaluate_variant(v, x, y, model, args.batch, args.feedback_batch,
-                                             progress=lambda k: prog.advance(total, k)))
-                if args.prefixes and codec_class(v.codec).progressive:
-                    rows += evaluate_prefixes(v, x, y, model, args.batch)
-            except Exception as exc:  # one broken variant must not lose the others
-                from hilbed.nodes.codecs import CodecParamsError
-                if not isinstance(exc, (CodecParamsError, FileNotFoundError, ValueError)):
-                    raise
-                con.print(f"[red]{v.label}: {exc}[/red]")
-    meta = {"dataset": dataset_spec(args.dataset), "model": args.model, "n": int(len(x)), "size": args.size,
-            "seed": args.seed, "clean_top1": float((model.predict(x).argmax(1) == y).mean()) if len(x) else None}
-    out_dir = Path(args.out or Path("runs") / "codec-eval" / time.strftime("%Y%m%d-%H%M%S"))
+            prog.update(total, description=escape(v.label[:60]))
+            key = E.unit_key(v)
+            pkey = E.unit_key(v, "prefixes")
+            want_prefixes = args.prefixes and codec_class(v.codec).progressive
+            done = log.get(key)
+            if done is not None:
+                rows += tag(done, v)
+                advance(len(x))
+                if plain:
+                    plain.finished(v.label, "(from partial results)")
+            else:
+                if plain:
+                    plain.start(v.label)
+                try:
+                    row = E.evaluate_variant(v, x, y, model, args.batch, args.feedback_batch, progress=advance,
+                                             seed=args.seed)
+                except Exception as exc:  # one broken variant must not lose the others
+                    from hilbed.nodes.codecs import CodecParamsError
+                    if not isinstance(exc, (CodecParamsError, FileNotFoundError, ValueError)):
+                        raise
+                    con.print(f"[red]{escape(v.label)}: {escape(str(exc))}[/red]")
+                    continue
+                rows += tag([row], v)
+                log.add(key, [row])
+                if plain:
+                    plain.finished(v.label)
+            if want_prefixes:
+                done = log.get(pkey)
+                if done is None:
+                    done = E.evaluate_prefixes(v, x, y, model, args.batch)
+                    log.add(pkey, done)
+                rows += tag(done, v)
+    meta = {"dataset": dataset_spec(args.dataset), "model": args.model, "model_fingerprint": fingerprint,
+            "n": int(len(x)), "size": args.size, "seed": args.seed, "threads": threads,
+            "clean_top1": float((model.predict(x).argmax(1) == y).mean()) if len(x) else None,
+            "model_mismatch": mismatch}
     with _quiet_stdout(args):
-        paths = write_outputs(rows, out_dir, f"{meta['dataset']} / {args.model} (n={meta['n']})", meta)
+        paths = E.write_outputs(rows, out_dir, f"{meta['dataset']} / {args.model} (n={meta['n']})", meta)
+    paths["partial"] = log.path
     if wants_json(args):
-        emit(args, {"meta": meta, "rows": rows, "vs_jpeg": compare_to_reference(rows),
+        emit(args, {"meta": meta, "rows": rows, "vs_jpeg": E.compare_to_reference(rows),
                     "files": {k: str(v) for k, v in paths.items()}})
         return 0
     from rich.table import Table
-    t = Table(title=f"rate-accuracy on {meta['dataset']} with {args.model} (n={meta['n']}, "
+    t = Table(title=f"rate-accuracy on {escape(meta['dataset'])} with {escape(args.model)} (n={meta['n']}, "
                     f"uncompressed top-1 {100 * (meta['clean_top1'] or 0):.1f} %)")
     t.add_column("variant", overflow="fold", min_width=20)
     for col in ("bytes sent", "payload", "headers", "w/ full headers", "top-1 %", "top-5 %", "encode ms"):
         t.add_column(col, justify="right")
     for r in rows:
-        t.add_row(r["label"], f"{r['bytes_sent']:.1f}", f"{r['bytes_payload']:.1f}", f"{r['bytes_header']:.1f}",
+        t.add_row(escape(r["label"]) + (" (!)" if r.get("model_mismatch") else ""), f"{r['bytes_sent']:.1f}",
+                  f"{r['bytes_payload']:.1f}", f"{r['bytes_header']:.1f}",
                   f"{r['bytes_full_headers']:.1f}", f"{100 * r['top1']:.2f}", f"{100 * r['top5']:.2f}",
                   f"{r['encode_ms']:.3f}")
     con.print(t)
-    cmp = compare_to_reference(rows)
+    if mismatch:
+        con.print("(!) artifact fitted for another model than the one evaluated (see the warning above)")
+    cmp = E.compare_to_reference(rows)
     if cmp and any(r["codec"] == "jpeg" for r in rows):
         for fam, c in cmp.items():
             if c["point_ratio"] is not None:
-                con.print(f"{fam}: matches a jpeg point's top-1 at {c['point_ratio']:.3f}x its payload bytes "
-                          f"({c['point'][0]} vs {c['point'][1]})"
-                          + (f"; vs jpeg's Pareto front {c['front_ratio']:.3f}x" if c["front_ratio"] else ""))
+                con.print(escape(f"{fam}: matches a jpeg point's top-1 at {c['point_ratio']:.3f}x its payload bytes "
+                                 f"({c['point'][0]} vs {c['point'][1]})"
+                                 + (f"; vs jpeg's Pareto front {c['front_ratio']:.3f}x" if c["front_ratio"] else "")))
             else:
-                con.print(f"{fam}: no point reaches a jpeg point's top-1")
-    con.print(f"results: {', '.join(str(p) for p in paths.values())}")
+                con.print(escape(f"{fam}: no point reaches a jpeg point's top-1"))
+    con.print(escape(f"results: {', '.join(str(p) for p in paths.values())}"))
     return 0
 
 
@@ -233,8 +328,14 @@ def register(sub) -> None:
     e.add_argument("--prefixes", action="store_true",
                    help="progressive codecs (pnc, jpeg-progressive): also one row per number of chunks received "
                         "(LABEL@k: PNC blocks, JPEG scans), i.e. accuracy against what a deadline lets through")
-    add_output(e, "output directory (default runs/codec-eval/<time>)", metavar="DIR", dest="out",
-               aliases=("--out",))
+    e.add_argument("--resume", action="store_true",
+                   help="keep the units (variant rows, prefix rows) already in DIR/partial.jsonl and evaluate only "
+                        "the rest (needs --out DIR and the same dataset, model, n, size, seed, batches)")
+    e.add_argument("--progress-interval", type=float, default=30.0, metavar="S",
+                   help="off a terminal: a plain progress line on stderr at most every S seconds and after each "
+                        "variant (default 30; negative: none)")
+    add_output(e, "output directory (default runs/codec-eval/<time>); rows are appended to DIR/partial.jsonl as "
+                  "each variant completes", metavar="DIR", dest="out", aliases=("--out",))
     e.set_defaults(fn=_eval_defaults)
 
 

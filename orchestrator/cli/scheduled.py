@@ -8,6 +8,12 @@ scenario into ``<state>/<NAME>/runs/``, compares it with the pinned baseline
 ``history.jsonl`` and points the ``latest`` symlink at the newest report
 (``latest-run`` at the newest run directory).
 
+A scheduled run first waits for a free lab: while another controller holds a
+lease on one of the testbed's nodes (``hilbed.orchestrator.lab.lease``) it polls
+until the leases are gone, at most the schedule's ``lab_wait_s`` (default one
+hour), and records in ``history.jsonl`` how long it waited and for whom
+(``lab_wait``); a lab still busy then is the verdict ``lab-busy``.
+
 The state directory is ``$HILBED_SCHEDULE_DIR``, else the user data directory
 (``~/.local/share/hilbed/schedules``). systemd units go to
 ``$HILBED_SYSTEMD_USER_DIR``, else ``~/.config/systemd/user``; the crontab
@@ -34,6 +40,9 @@ from hilbed.orchestrator.run.store import atomic_write_text
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 CRON_TAG = "# hilbed-schedule:"
 EVERY = ("hourly", "daily", "weekly")
+#: how long a scheduled run waits for a leased lab, and how often it looks (``$HILBED_LAB_POLL_S``)
+DEFAULT_LAB_WAIT_S = 3600.0
+LAB_POLL_S = 15.0
 
 
 class ScheduleError(RuntimeError):
@@ -125,6 +134,7 @@ class Schedule:
     workdir: str
     state_dir: str
     created_at: str
+    lab_wait_s: float = DEFAULT_LAB_WAIT_S  # schedules written before leases load with the default
 
     @property
     def dir(self) -> Path:
@@ -241,7 +251,7 @@ def default_backend() -> str:
 def install(name: str, scenario: str | Path, baseline: str | Path, *, testbed: str | Path, backend: str = "auto",
             every: str | None = None, at: str | None = None, on_calendar: str | None = None, cron: str | None = None,
             state_dir: str | Path | None = None, enable: bool = True, workdir: str | Path | None = None,
-            python: str | None = None) -> tuple[Schedule, list[str]]:
+            python: str | None = None, lab_wait_s: float | None = None) -> tuple[Schedule, list[str]]:
     """Write the schedule and its timer; returns it and what was done (lines for the user)."""
     if not NAME_RE.match(name):
         raise ScheduleError(f"schedule name {name!r}: use 1-64 letters, digits, '_', '.', '-'")
@@ -252,6 +262,8 @@ def install(name: str, scenario: str | Path, baseline: str | Path, *, testbed: s
         if not Path(p).exists():
             raise ScheduleError(f"{what} file not found: {p}")
     oc, cr = calendar_specs(every, at, on_calendar, cron)
+    if lab_wait_s is not None and not 0 <= lab_wait_s <= 7 * 86400:
+        raise ScheduleError(f"lab wait {lab_wait_s!r} s: expected 0 .. 604800 (a week)")
     root = state_root(state_dir)
     sdir = root / name
     sdir.mkdir(parents=True, exist_ok=True)
@@ -260,7 +272,8 @@ def install(name: str, scenario: str | Path, baseline: str | Path, *, testbed: s
                  baseline=str(pinned), baseline_source=str(Path(baseline).resolve()), backend=backend,
                  on_calendar=oc, cron=cr, python=python or sys.executable,
                  workdir=str(Path(workdir or os.getcwd()).resolve()), state_dir=str(root),
-                 created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                 created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                 lab_wait_s=DEFAULT_LAB_WAIT_S if lab_wait_s is None else float(lab_wait_s))
     save_schedule(s)
     done = [f"schedule {name}: state in {sdir}, baseline pinned from {s.baseline_source}"]
     if backend == "systemd":
@@ -368,9 +381,50 @@ def _append(path: Path, entry: dict) -> None:
         os.fsync(f.fileno())
 
 
+def lab_holders(s: Schedule) -> list[dict]:
+    """Live leases on the schedule's testbed held by someone else (a manual lease of this user does not
+    block: the run borrows it). An unreachable node is no holder: the run's own check reports it."""
+    from hilbed.orchestrator.config import load_testbed
+    from hilbed.orchestrator.lab.lease import MANUAL_RUN_ID, default_owner, read_leases
+
+    class _Lazy(dict):
+        def __missing__(self, node):
+            from hilbed.orchestrator.lab.connect import make_transport
+            t = self[node] = make_transport(node, tb.nodes[node])
+            return t
+
+    tb = load_testbed(s.testbed)
+    me = default_owner()["user"]
+    trs = _Lazy()
+    try:
+        rows = read_leases(tb, trs)
+    finally:
+        for t in trs.values():
+            try:
+                t.close()
+            except Exception:
+                pass
+    out = []
+    for n, r in rows.items():
+        o = r.get("owner") or {}
+        if r["status"] == "held" and not (o.get("user") == me and o.get("run_id") == MANUAL_RUN_ID):
+            out.append({"node": n, "holder": r["holder"], "expires_in_s": r["expires_in_s"]})
+    return out
+
+
+def _poll_s() -> float:
+    try:
+        return max(0.05, float(os.environ.get("HILBED_LAB_POLL_S", LAB_POLL_S)))
+    except ValueError:
+        return LAB_POLL_S
+
+
 def run_scheduled(name: str, state_dir: str | Path | None = None,
-                  execute: Callable[[Schedule, Path], Path] | None = None) -> tuple[int, dict]:
-    """One scheduled run: replay, report, compare with the pinned baseline, record. Returns (exit status, entry)."""
+                  execute: Callable[[Schedule, Path], Path] | None = None,
+                  probe: Callable[[Schedule], list[dict]] | None = None,
+                  sleep: Callable[[float], None] = time.sleep) -> tuple[int, dict]:
+    """One scheduled run: wait for a free lab, replay, report, compare with the pinned baseline, record.
+    Returns (exit status, entry)."""
     from hilbed.analysis.compare import compare_runs
     from hilbed.analysis.load import load_manifest
     from hilbed.analysis.report import build_report
@@ -380,12 +434,55 @@ def run_scheduled(name: str, state_dir: str | Path | None = None,
     runs.mkdir(parents=True, exist_ok=True)
     at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     entry: dict = {"at": at, "schedule": name, "baseline": s.baseline_source}
-    try:
-        run_dir = Path((execute or _default_execute)(s, runs))
-    except Exception as exc:  # the run itself failed: record it, the timer fires again next time
-        entry.update(verdict="run-failed", exit=1, error=f"{type(exc).__name__}: {exc}")
+    from hilbed.orchestrator.lab.lease import LeaseHeld
+    probe = probe or lab_holders
+    poll = _poll_s()
+    t0 = time.monotonic()
+    deadline = t0 + s.lab_wait_s
+    held_by: dict[tuple, dict] = {}
+    wait = entry["lab_wait"] = {"waited": False, "waited_s": 0.0, "max_s": s.lab_wait_s, "held_by": [],
+                                  "gave_up": False}
+
+    def busy(holders: list[dict]) -> bool:
+        """Note who holds the lab; False when the wait is over (gave up)."""
+        for h in holders:
+            held_by.setdefault((h.get("node"), h.get("holder")), h)
+        wait["held_by"] = list(held_by.values())
+        wait["waited"] = True
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        sleep(min(poll, left))
+        return True
+
+    run_dir = None
+    while run_dir is None:
+        try:
+            holders = probe(s)
+        except Exception:  # cannot read the leases: let the run (its lease and check) say what is wrong
+            holders = []
+        if holders:
+            if busy(holders):
+                continue
+        else:
+            try:
+                run_dir = Path((execute or _default_execute)(s, runs))
+                break
+            except LeaseHeld as exc:  # someone took the lab between our look and the run's own lease
+                if busy([{"node": exc.node, "holder": exc.holder, "expires_in_s": exc.expires_in_s}]):
+                    continue
+            except Exception as exc:  # the run itself failed: record it, the timer fires again next time
+                wait["waited_s"] = round(time.monotonic() - t0, 3)
+                entry.update(verdict="run-failed", exit=1, error=f"{type(exc).__name__}: {exc}")
+                _append(s.dir / "history.jsonl", entry)
+                return 1, entry
+        wait.update(waited_s=round(time.monotonic() - t0, 3), gave_up=True)
+        entry.update(verdict="lab-busy", exit=1,
+                     error=f"the lab stayed leased for {s.lab_wait_s:g} s: " + "; ".join(
+                         f"{h['node']} by {h['holder']}" for h in wait["held_by"]))
         _append(s.dir / "history.jsonl", entry)
         return 1, entry
+    wait["waited_s"] = round(time.monotonic() - t0, 3)
     m = load_manifest(run_dir)
     report_dir = run_dir / "report"
     if not (report_dir / "index.html").exists():

@@ -25,7 +25,8 @@ from typing import Any, Iterable
 from hilbed.orchestrator.roles import CHECK_GPU, CHECK_IPERF3, ROLES
 from hilbed.orchestrator.lab.transport import AgentHandle, Transport, clock_probe
 
-COLUMNS = ("reachable", "provisioned", "python", "disk", "serial", "iperf3", "gpu", "rt prio", "clock", "uptime")
+COLUMNS = ("reachable", "provisioned", "python", "disk", "serial", "firmware", "iperf3", "gpu", "rt prio", "clock",
+           "uptime")
 MIN_PYTHON = (3, 10)
 DISK_FAIL_BYTES = 200 * 2**20
 DISK_WARN_BYTES = 1 * 2**30
@@ -176,6 +177,11 @@ def check_node(node: str, cfg: Any, t: Transport | None, *, clock: bool = True, 
         if handle is not None:
             handle.close(timeout=5)
     _judge(nc, cfg, facts, source_hash=source_hash, need_radio=need_radio, need_jammer=need_jammer)
+    if radio is not None and need_radio:  # the radio's firmware identity against radio.firmware
+        from hilbed.orchestrator.lab.flash import firmware_check
+        fw = firmware_check(t, radio, node)
+        nc.set("firmware", fw["state"], fw["short"], fw["fix"], fw["detail"])
+        nc.facts["radio_identity"] = fw["identity"]
     nc.seconds = round(time.monotonic() - t0, 3)
     return nc
 

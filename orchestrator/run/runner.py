@@ -29,6 +29,7 @@ from hilbed.nodes.record import make_record
 from hilbed.orchestrator.config import (load_scenario, load_testbed, recover_config_text, redact, redact_config_text,
                                         secret_values)
 from hilbed.orchestrator.errors import RunError, RunStopped
+from hilbed.orchestrator.lab.lease import LeaseSet, default_owner
 from hilbed.orchestrator.lab.transport import REPO_ROOT, AgentFailed
 from hilbed.orchestrator.pairing import check_pair
 from hilbed.orchestrator.plan import Plan, Trial, make_plan
@@ -160,6 +161,7 @@ class Runner:
         self.testbed, self.scenario, self.store, self.manifest = testbed, scenario, store, manifest
         self.conditions = Conditions(self.ctx)
         self.recovery: Recovery | None = None
+        self.leases: LeaseSet | None = None
         try:
             self.plan: Plan = make_plan(self.scenario, self.testbed)
         except BaseException:
@@ -346,6 +348,8 @@ class Runner:
             if not todo:
                 prog.update(self._task, completed=1, description="nothing left to do")
                 return
+            prog.update(self._task, description="leasing nodes")
+            self._take_leases()  # before anything touches a node: LeaseHeld names the holder and expiry
             prog.update(self._task, description="checking nodes")
             preflight(self.ctx)  # refuses to start (RunError) while a node fails its checks: nothing runs yet
             prog.update(self._task, description="setting up links")
@@ -378,6 +382,14 @@ class Runner:
                     self.conditions.clear()
             self.ctx.probe_clocks("after")
             self.ctx.record_host_load("after")
+
+    def _take_leases(self) -> None:
+        """A lease on every lab node the run uses, renewed while it runs, released in teardown."""
+        self.leases = LeaseSet(self.testbed, self.ctx.transport, default_owner(self.store.run_id),
+                               on_lost=lambda n, why: self.ctx.event(RunEvent.LEASE_LOST, node=n, reason=why))
+        self.manifest["leases"] = self.ctx.state["lease"] = self.leases.acquire()
+        self.ctx.write_manifest()
+        self.leases.start_renewing()
 
     def _power_baselines(self, cond: Any) -> None:
         """Idle power of every metered client with the condition applied and nothing in flight."""
@@ -420,6 +432,8 @@ class Runner:
 
     def _teardown(self) -> None:
         self.conditions.teardown()  # links closed, jammer stopped, kernel shaping removed, emulators stopped
+        if self.leases is not None:
+            self.leases.release()
         self.ctx.close()
 
     def _finish(self, state: str, wall_s: float) -> RunOutcome:

@@ -132,10 +132,27 @@ def to_nchw(batch: np.ndarray, device=None):
     return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().to(device)
 
 
-def set_threads(n: int | None = None) -> None:
-    """Fits share small machines: one intra-op thread unless told otherwise (HILBED_FIT_THREADS)."""
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def set_threads(n: int | None = None) -> int:
+    """Fits and evaluations share small machines: one thread unless told otherwise (HILBED_FIT_THREADS).
+
+    Sets torch's intra-op and inter-op pools and the OpenMP/MKL/BLAS variables
+    (read by subprocesses, and by this one when torch is not imported yet).
+    Call it before any work. Returns the number used.
+    """
+    n = max(1, int(n or os.environ.get("HILBED_FIT_THREADS", "1")))
+    for var in THREAD_ENV:
+        os.environ[var] = str(n)
     import torch
-    torch.set_num_threads(int(n or os.environ.get("HILBED_FIT_THREADS", "1")))
+    torch.set_num_threads(n)
+    try:  # allowed once, before the inter-op pool has run anything
+        if torch.get_num_interop_threads() != n:
+            torch.set_num_interop_threads(n)
+    except RuntimeError:
+        pass
+    return n
 
 
 # ---------------------------------------------------------- fit context ---

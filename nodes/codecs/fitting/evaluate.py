@@ -21,11 +21,12 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -121,8 +122,15 @@ def _top5(probs: np.ndarray) -> list[int]:
 
 
 def evaluate_variant(v: Variant, images: np.ndarray, labels: np.ndarray, model, batch: int = 64,
-                     feedback_batch: int = 16, progress: Callable[[int], None] | None = None) -> dict:
-    """Rate-accuracy of one variant on ``images`` (uint8 NHWC) with ``model`` (LoadedModel)."""
+                     feedback_batch: int = 16, progress: Callable[[int], None] | None = None,
+                     seed: int | None = 0) -> dict:
+    """Rate-accuracy of one variant on ``images`` (uint8 NHWC) with ``model`` (LoadedModel).
+
+    A codec that learns from replies sees the images in a ``seed``-shuffled
+    order (an ImageFolder lists them class by class, which no stream does);
+    ``seed=None`` keeps the given order. Other codecs go in order (the result
+    does not depend on it).
+    """
     enc_codec = make_codec(v.codec, v.params)
     dec_codec = make_codec(v.codec, v.params)
     has_fb = enc_codec.learns_from_feedback
@@ -131,6 +139,7 @@ def evaluate_variant(v: Variant, images: np.ndarray, labels: np.ndarray, model, 
     model = dec_codec.adapt_model(model)  # e.g. AutoJPEG fitted with --finetune; most return it unchanged
     step = feedback_batch if has_fb else batch
     n = len(images)
+    order = np.random.default_rng(seed).permutation(n) if has_fb and seed is not None else np.arange(n)
     sent = np.zeros(n)
     hdr = np.zeros(n)
     full_hdr = np.zeros(n)
@@ -140,7 +149,7 @@ def evaluate_variant(v: Variant, images: np.ndarray, labels: np.ndarray, model, 
     failed = 0
     extra_bytes = np.zeros(n)
     for start in range(0, n, step):
-        idx = range(start, min(n, start + step))
+        idx = [int(i) for i in order[start:start + step]]
         encs, pix, ok = [], [], []
         for i in idx:
             t0 = time.perf_counter()
@@ -314,11 +323,12 @@ def write_outputs(rows: list[dict], out_dir: Path, title: str = "", meta: dict |
     paths["json"].write_text(json.dumps({"meta": meta or {}, "rows": rows,
                                          "vs_jpeg": compare_to_reference(rows)}, indent=2, default=str))
     cols = ["label", "codec", "n", "bytes_sent", "bytes_payload", "bytes_header", "bytes_full_headers",
-            "bytes_extra", "top1", "top5", "decode_failures", "encode_ms"]
+            "bytes_extra", "top1", "top5", "decode_failures", "encode_ms", "model_mismatch"]
     lines = [",".join(cols)]
     for r in rows:
-        lines.append(",".join(json.dumps(r[c]) if isinstance(r[c], str) else f"{r[c]:.6g}" if isinstance(r[c], float)
-                              else str(r[c]) for c in cols))
+        vals = [r.get(c, "") for c in cols]
+        lines.append(",".join(json.dumps(x) if isinstance(x, str) else f"{x:.6g}" if isinstance(x, float)
+                              else str(x) for x in vals))
     paths["csv"].write_text("\n".join(lines) + "\n")
     try:
         import matplotlib
@@ -343,3 +353,109 @@ def write_outputs(rows: list[dict], out_dir: Path, title: str = "", meta: dict |
     except ImportError:
         paths.pop("png")
     return paths
+
+
+# ------------------------------------------------------ partial results ---
+
+PARTIAL = "partial.jsonl"
+RESUME_KEYS = ("dataset", "model", "n", "size", "seed", "batch", "feedback_batch")
+
+
+def unit_key(v: Variant, unit: str = "variant") -> str:
+    """Identifies one unit of work (a variant's row, or its prefix rows) across runs."""
+    return json.dumps({"unit": unit, "codec": v.codec, "params": v.params, "label": v.label},
+                      sort_keys=True, default=str)
+
+
+class PartialLog:
+    """``partial.jsonl`` in the output directory: a header line, then one line per completed unit.
+
+    Each line is flushed and fsynced as it is written, so a run that is killed
+    keeps every unit it finished; :meth:`open` with ``resume`` reads them back
+    (a torn last line is ignored) after checking that the header's settings
+    are those of this run.
+    """
+
+    def __init__(self, path: Path, done: dict[str, list[dict]]):
+        self.path = Path(path)
+        self.done = done
+
+    @classmethod
+    def open(cls, out_dir: Path, header: dict, resume: bool) -> "PartialLog":
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / PARTIAL
+        done: dict[str, list[dict]] = {}
+        if path.exists() and path.stat().st_size:
+            if not resume:
+                raise FileExistsError(f"{path} holds results of an earlier run: pass --resume to keep them "
+                                      "(or another --out)")
+            lines = path.read_text().splitlines()
+            docs = []
+            for line in lines:
+                try:
+                    docs.append(json.loads(line))
+                except json.JSONDecodeError:  # the line a kill cut short
+                    continue
+            old = next((d["header"] for d in docs if "header" in d), None)
+            if old is not None:
+                diff = {k: (old.get(k), header.get(k)) for k in RESUME_KEYS if old.get(k) != header.get(k)}
+                if diff:
+                    raise ValueError(f"cannot resume from {path}: settings differ "
+                                     + ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in diff.items()))
+            for d in docs:
+                if "key" in d:
+                    done[d["key"]] = d["rows"]
+            good = "".join(json.dumps(d, default=str) + "\n" for d in docs)
+            if good != path.read_text():  # drop a torn line so appends stay parseable
+                path.write_text(good)
+            if old is None:
+                cls._append(path, {"header": header})
+        else:
+            path.write_text("")
+            cls._append(path, {"header": header})
+        return cls(path, done)
+
+    @staticmethod
+    def _append(path: Path, doc: dict) -> None:
+        with open(path, "a") as f:
+            f.write(json.dumps(doc, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def get(self, key: str) -> list[dict] | None:
+        return self.done.get(key)
+
+    def add(self, key: str, rows: Iterable[dict]) -> None:
+        rows = list(rows)
+        self.done[key] = rows
+        self._append(self.path, {"key": key, "rows": rows})
+
+
+# ---------------------------------------------------- model fingerprint ---
+
+def artifact_ids(params: dict) -> list[str]:
+    one = params.get("artifact")
+    ids = [one] if isinstance(one, str) and one not in ("", "none") else []
+    return ids + [str(a) for a in (params.get("artifacts") or [])]
+
+
+def fingerprint_mismatches(v: Variant, fingerprint: str | None, store=None) -> list[dict]:
+    """The artifacts of ``v`` whose recorded ``model_fingerprint`` is not ``fingerprint`` (the evaluated model's).
+
+    Artifacts that record none, or that are not in the store (the codec
+    reports that itself), are not listed.
+    """
+    if not fingerprint:
+        return []
+    from hilbed.nodes.codecs.artifacts import ArtifactStore
+    store = store or ArtifactStore()
+    out = []
+    for aid in artifact_ids(v.params):
+        try:
+            fp = store.get(aid).meta.get("model_fingerprint")
+        except FileNotFoundError:
+            continue
+        if fp and fp != fingerprint:
+            out.append({"artifact": aid, "fitted_for": fp})
+    return out
