@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from .load import scenario_of
-from .runlog import FINISHED_STATES, overload_warnings, run_marks, utc
 from .metrics import _num, summary
+from .runlog import FINISHED_STATES, overload_warnings, run_marks, utc
 from .stats import Z95, newcombe_diff
 
 MIN_CELL = 30

@@ -17,13 +17,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from .metrics import _flag, _num, has_energy, summary, throughput_series  # noqa: E402
-from .schema import LATENCY_COMPONENTS  # noqa: E402
 from .runlog import EVENT_STYLE, RunMark, run_marks, unapplied  # noqa: E402
+from .schema import LATENCY_COMPONENTS  # noqa: E402
 from .styles import COMPONENT_COLOURS, COMPONENT_HATCH, StyleRegistry, codec_style  # noqa: E402,F401
 
 JAMMING_ORDER = ("none", "light", "medium", "heavy")

@@ -27,8 +27,7 @@ from . import plots
 from .checks import all_warnings
 from .load import load_events, load_manifest, load_runs, load_table, scenario_of, to_pandas
 from .metrics import CLAIM_PERCENTILES, GROUP, encode_overhead, has_energy, latency_table, summary, with_latency
-from .runlog import (EVENT_STYLE, UNAPPLIED_STATE, host_loads, marks_summary, run_marks, unapplied,
-                     unapplied_text, utc)
+from .runlog import EVENT_STYLE, UNAPPLIED_STATE, host_loads, marks_summary, run_marks, unapplied, unapplied_text, utc
 from .schema import LATENCY_COMPONENTS
 from .stats import EARLY_STOP_CONFIDENCE, early_stop_min_n
 from .styles import StyleRegistry

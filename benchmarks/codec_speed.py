@@ -112,7 +112,8 @@ def bench(args) -> dict:
                  "method": "median over interleaved rounds (every variant once per round) of mean per-image time",
                  "sizes": {}}
     try:
-        from PIL import __version__ as pil_version, features
+        from PIL import __version__ as pil_version
+        from PIL import features
         out["pillow"] = pil_version
         out["libjpeg_turbo"] = bool(features.check_feature("libjpeg_turbo"))
     except ImportError:

@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from hilbed.orchestrator.lab.check import check_testbed  # noqa: E402
 from hilbed.orchestrator.config import load_testbed  # noqa: E402
+from hilbed.orchestrator.lab.check import check_testbed  # noqa: E402
 from hilbed.orchestrator.lab.netns_lab import NetnsLab, default_roles, unavailable_reason  # noqa: E402
 from hilbed.orchestrator.lab.provision import build_wheel, provision  # noqa: E402
 

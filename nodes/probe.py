@@ -19,8 +19,8 @@ import subprocess
 import sys
 import time
 
-from hilbed.nodes.hostload import rt_priority_allowed
 from hilbed.nodes.agent import Agent, run_agent
+from hilbed.nodes.hostload import rt_priority_allowed
 
 SERIAL_FIXES = {
     errno.ENOENT: "plug the board in and check the path (ls -l /dev/serial/by-id/)",

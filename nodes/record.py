@@ -16,6 +16,7 @@ writes it, analysis reads it. It imports nothing but the standard library;
 from __future__ import annotations
 
 import json
+
 #: name -> (type, description); types: string, float64, int32, int64, bool, list<int32>
 FIELDS: dict[str, tuple[str, str]] = {
     "run_id": ("string", "run directory name"),

@@ -14,9 +14,7 @@ import json
 from dataclasses import dataclass
 
 from hilbed.nodes.codecs import explicit_params
-
-from hilbed.orchestrator.config import (MAX_PLAN_IMAGES, MAX_TRIALS, CodecCfg, ConditionCfg, ScenarioCfg,
-                                        TestbedCfg)
+from hilbed.orchestrator.config import MAX_PLAN_IMAGES, MAX_TRIALS, CodecCfg, ConditionCfg, ScenarioCfg, TestbedCfg
 from hilbed.orchestrator.yamlsrc import ConfigError, dotted
 
 PER_TRIAL_OVERHEAD_S = 0.05  # start margin + round trips: ~31 ms measured by benchmarks/run_overhead.py

@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 
 from hilbed.nodes.codecs.artifacts import ArtifactStore
-from hilbed.nodes.codecs.first_use import first_use_fitter
 from hilbed.nodes.codecs.base import Codec, CodecParamsError, Encoded, Param
+from hilbed.nodes.codecs.first_use import first_use_fitter
 from hilbed.nodes.codecs.jpeg_tables import (
     BT601,
     HEADER_MODES,
@@ -56,7 +56,6 @@ from hilbed.nodes.codecs.jpeg_tables import (
     optimize_for,
 )
 from hilbed.nodes.codecs.nets.adacompress import QUALITIES, Agent, Hyper, Learner, reward
-
 
 KIND = "adacompress"
 REF_QUALITY = 75

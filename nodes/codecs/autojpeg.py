@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 
 from hilbed.nodes.codecs.artifacts import Artifact, ArtifactStore
-from hilbed.nodes.codecs.first_use import first_use_fitter
 from hilbed.nodes.codecs.base import Codec, CodecParamsError, Encoded, Param
+from hilbed.nodes.codecs.first_use import first_use_fitter
 from hilbed.nodes.codecs.jpeg_tables import HEADER_MODES, HUFFMAN_MODES, ColourTransform, JpegProfile, optimize_for
-
 
 KIND = "autojpeg"
 

@@ -35,7 +35,6 @@ import numpy as np
 from hilbed.nodes.codecs.artifacts import Artifact, ArtifactStore
 from hilbed.nodes.codecs.base import Codec, CodecParamsError, Encoded, Param
 
-
 FAMILIES = ("entropic", "factorized", "crbq")
 
 

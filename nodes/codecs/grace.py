@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from hilbed.nodes.codecs.artifacts import Artifact, ArtifactStore
-from hilbed.nodes.codecs.first_use import first_use_fitter
 from hilbed.nodes.codecs.base import Codec, CodecParamsError, Encoded, Param
+from hilbed.nodes.codecs.first_use import first_use_fitter
 from hilbed.nodes.codecs.jpeg_tables import (
     BT601,
     HEADER_MODES,
@@ -33,7 +33,6 @@ from hilbed.nodes.codecs.jpeg_tables import (
     JpegProfile,
     optimize_for,
 )
-
 
 KIND = "grace"
 

@@ -29,9 +29,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from hilbed.nodes.codecs.artifacts import Artifact, ArtifactStore
-from hilbed.nodes.codecs.first_use import first_use_fitter
 from hilbed.nodes.codecs.base import Codec, CodecParamsError, Encoded, Param
-
+from hilbed.nodes.codecs.first_use import first_use_fitter
 
 MAX_CODE_BITS = 16
 KIND = "pnc"

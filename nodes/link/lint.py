@@ -14,8 +14,15 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hilbed.nodes.link.traces import (MAHIMAHI_OPPORTUNITY_BYTES, TraceError, csv_schedule, parse_mahimahi,
-                                      parse_value, read_csv_rates, split_lines)
+from hilbed.nodes.link.traces import (
+    MAHIMAHI_OPPORTUNITY_BYTES,
+    TraceError,
+    csv_schedule,
+    parse_mahimahi,
+    parse_value,
+    read_csv_rates,
+    split_lines,
+)
 
 #: physical uplink rate ranges (kbit/s) of the emulated link kinds
 KIND_RANGES_KBPS = {

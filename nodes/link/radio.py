@@ -16,7 +16,6 @@ from __future__ import annotations
 import time
 
 from hilbed.firmware_bridge import MessageSender, open_radio
-
 from hilbed.nodes import wire
 from hilbed.nodes.link.addressing import EDGE_SHORT_ADDR, client_short_addr
 from hilbed.nodes.link.base import Link, SendReport, wall_ns

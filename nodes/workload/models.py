@@ -25,12 +25,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hilbed.nodes.workload.model_loaders import (
+    BUILTIN_LOADERS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ModelParts,
+    as_parts,
+    resolve,
+)
+from hilbed.nodes.workload.model_specs import MODEL_LOADERS, MODEL_PREFIXES, check_class_count
+
 from ..paths import cache_dir
 from .synthetic import CLASSES as SYNTH_CLASSES
 from .synthetic import GENERATOR_VERSION, make_image
 
-from hilbed.nodes.workload.model_loaders import BUILTIN_LOADERS, IMAGENET_MEAN, IMAGENET_STD, ModelParts, as_parts, resolve
-from hilbed.nodes.workload.model_specs import MODEL_LOADERS, MODEL_PREFIXES, check_class_count
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 

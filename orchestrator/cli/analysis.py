@@ -6,13 +6,13 @@ schedule run) or a failed action, 2 bad input.
 
 from __future__ import annotations
 
-from hilbed.orchestrator.cli.output import add_json_flag, add_output, deprecated, dumps, emit, wants_json
-from hilbed.orchestrator.ui import make_console
-
 import argparse
 import json
 import sys
 from pathlib import Path
+
+from hilbed.orchestrator.cli.output import add_json_flag, add_output, deprecated, dumps, emit, wants_json
+from hilbed.orchestrator.ui import make_console
 
 
 def _bad_runs(dirs: list[str]) -> str | None:
@@ -54,9 +54,8 @@ def cmd_report(args) -> int:
 # --------------------------------------------------------------- compare ---
 
 def cmd_compare(args) -> int:
-    from rich.table import Table
-
     from rich.markup import escape
+    from rich.table import Table
 
     from hilbed.analysis.compare import compare_runs, fmt_delta
     json_file, md_file = args.json_file, args.markdown_file  # the old `--json FILE` / `--markdown FILE`

@@ -156,10 +156,11 @@ class _PlainProgress:
 def cmd_eval(args) -> int:
     from hilbed.nodes.codecs.fitting import set_threads
     threads = set_threads(args.threads)  # before torch does any work
-    from hilbed.nodes.codecs import codec_class
-    from hilbed.nodes.codecs.fitting import evaluate as E
-    from hilbed.nodes.codecs.fitting import dataset_spec, load_images, load_target, model_fingerprint, open_dataset
     from rich.markup import escape
+
+    from hilbed.nodes.codecs import codec_class
+    from hilbed.nodes.codecs.fitting import dataset_spec, load_images, load_target, model_fingerprint, open_dataset
+    from hilbed.nodes.codecs.fitting import evaluate as E
     if args.store:
         os.environ["HILBED_ARTIFACTS"] = str(Path(args.store).resolve())
     if args.resume and not args.out:

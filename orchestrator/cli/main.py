@@ -21,6 +21,7 @@ from hilbed.orchestrator.cli.output import add_json_flag, add_output, emit, want
 from hilbed.orchestrator.errors import RunError
 from hilbed.orchestrator.yamlsrc import ConfigError
 
+
 def _console(args=None):
     """Human output: stdout, or stderr when ``--json`` keeps stdout for the JSON document."""
     from hilbed.orchestrator.ui import make_console

@@ -90,8 +90,7 @@ def cmd_lint(args) -> int:
 
 def cmd_gen(args) -> int:
     from hilbed.nodes.link import gen
-    from hilbed.nodes.link.traces import write_mahimahi
-    from hilbed.nodes.link.traces import write_csv_rates
+    from hilbed.nodes.link.traces import write_csv_rates, write_mahimahi
     try:
         if args.kind == "lora":
             cr = args.cr

@@ -10,8 +10,6 @@ and the fix; the run refuses to start while any node fails.
 
 from __future__ import annotations
 
-from hilbed.orchestrator.ui import make_console
-
 import errno
 import re
 import shutil
@@ -22,8 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from hilbed.orchestrator.roles import CHECK_GPU, CHECK_IPERF3, ROLES
 from hilbed.orchestrator.lab.transport import AgentHandle, Transport, clock_probe
+from hilbed.orchestrator.roles import CHECK_GPU, CHECK_IPERF3, ROLES
+from hilbed.orchestrator.ui import make_console
 
 COLUMNS = ("reachable", "provisioned", "python", "disk", "serial", "firmware", "iperf3", "gpu", "rt prio", "clock",
            "uptime")
@@ -267,8 +266,8 @@ def check_testbed(testbed: Any, transports: dict[str, Transport] | None = None, 
                   nodes: Iterable[str] | None = None, log_dir: Path | None = None, jobs: int = 16) -> list[NodeCheck]:
     """Check every node in parallel. Transports given are used (and left open); missing ones are
     created, stored into ``transports`` when it is a dict, else closed afterwards."""
-    from hilbed.orchestrator.lab.provision import source_hash
     from hilbed.orchestrator.lab.connect import make_transport
+    from hilbed.orchestrator.lab.provision import source_hash
     names = list(nodes) if nodes else list(testbed.nodes)
     sh = source_hash() if any(testbed.nodes[n].transport.kind == "ssh" for n in names) else None
     trs = transports if transports is not None else {}

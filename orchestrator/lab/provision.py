@@ -17,8 +17,6 @@ Local nodes need nothing: they run from this checkout.
 
 from __future__ import annotations
 
-from hilbed.orchestrator.ui import make_console
-
 import hashlib
 import json
 import os
@@ -37,6 +35,7 @@ from typing import Any, Callable, Iterable
 
 from hilbed.orchestrator.lab.transport import REPO_ROOT, Transport
 from hilbed.orchestrator.roles import ROLES
+from hilbed.orchestrator.ui import make_console
 
 SOURCE_DIRS = ("hilbed", "orchestrator", "firmware_bridge", "nodes", "analysis")
 SOURCE_FILES = ("pyproject.toml", "setup.py", "README.md")

@@ -15,9 +15,9 @@ import threading
 import time
 from typing import Any
 
+from hilbed.nodes.events import RunEvent
 from hilbed.nodes.link.kind import LinkKind, LinkSetupError
 from hilbed.nodes.link.registry import link_kind
-from hilbed.nodes.events import RunEvent
 from hilbed.orchestrator.errors import SetupError
 from hilbed.orchestrator.lab.transport import AgentFailed
 from hilbed.orchestrator.run.context import RunContext

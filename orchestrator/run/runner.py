@@ -26,8 +26,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from hilbed.nodes.events import AgentEvent, RunEvent
 from hilbed.nodes.record import make_record
-from hilbed.orchestrator.config import (load_scenario, load_testbed, recover_config_text, redact, redact_config_text,
-                                        secret_values)
+from hilbed.orchestrator.config import (
+    load_scenario,
+    load_testbed,
+    recover_config_text,
+    redact,
+    redact_config_text,
+    secret_values,
+)
 from hilbed.orchestrator.errors import RunError, RunStopped
 from hilbed.orchestrator.lab.lease import LeaseSet, default_owner
 from hilbed.orchestrator.lab.transport import REPO_ROOT, AgentFailed
@@ -36,11 +42,17 @@ from hilbed.orchestrator.plan import Plan, Trial, make_plan
 from hilbed.orchestrator.roles import ROLES
 from hilbed.orchestrator.run.conditions import Conditions
 from hilbed.orchestrator.run.context import RunContext
-from hilbed.orchestrator.run.preflight import preflight
 from hilbed.orchestrator.run.inputs import collect_inputs, fill_missing_hashes, verify_inputs
-from hilbed.orchestrator.run.ledger import (WINDOW_SLACK_NS, applied_ledger, condition_starts, jammer_lapses,
-                                            jammer_windows, settle_jammer_loads)
+from hilbed.orchestrator.run.ledger import (
+    WINDOW_SLACK_NS,
+    applied_ledger,
+    condition_starts,
+    jammer_lapses,
+    jammer_windows,
+    settle_jammer_loads,
+)
 from hilbed.orchestrator.run.lock import RunLock
+from hilbed.orchestrator.run.preflight import preflight
 from hilbed.orchestrator.run.recovery import Recovery, resume_done_keys
 from hilbed.orchestrator.run.store import RunStore
 from hilbed.orchestrator.ui import make_console

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hilbed.analysis.stats import (binom_cdf, binom_upper, early_stop_claim, early_stop_min_n,
-                                   early_stop_overages)
+from hilbed.analysis.stats import binom_cdf, binom_upper, early_stop_claim, early_stop_min_n, early_stop_overages
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "analysis.md"
 

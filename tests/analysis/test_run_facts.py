@@ -11,6 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
+from test_report_build import tables  # noqa: E402 (same directory)
 
 from hilbed.analysis import plots
 from hilbed.analysis.checks import watchdog_warnings
@@ -19,7 +20,6 @@ from hilbed.analysis.metrics import encode_overhead, latency_parts_ns, reference
 from hilbed.analysis.report import build_report
 from hilbed.analysis.runlog import host_loads, overloads, run_marks, unapplied
 from hilbed.analysis.styles import StyleRegistry
-from test_report_build import tables  # noqa: E402 (same directory)
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "analysis"
 LOADED = DATA / "loaded-run"

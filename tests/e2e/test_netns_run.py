@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hilbed.orchestrator.lab.check import check_testbed, render_checks
 from hilbed.orchestrator.config import load_testbed
+from hilbed.orchestrator.lab.check import check_testbed, render_checks
 from hilbed.orchestrator.lab.provision import provision
 from tests.netns_fixtures import write_scenario
 
@@ -151,9 +151,9 @@ def test_node_drop_mid_run_reconnects_and_reruns_the_trial(provisioned_lab, synt
 
 def test_unreachable_node_stops_cleanly_and_resume_finishes(provisioned_lab, synthetic_model, tmp_path, monkeypatch):
     from hilbed.orchestrator.run import recovery
-    from hilbed.orchestrator.run.runner import Runner, RunError
-    monkeypatch.setattr(reconnect, "RECONNECT_ATTEMPTS", 2)
-    monkeypatch.setattr(reconnect, "BACKOFF_S", (0.2, 0.5))
+    from hilbed.orchestrator.run.runner import RunError, Runner
+    monkeypatch.setattr(recovery, "RECONNECT_ATTEMPTS", 2)
+    monkeypatch.setattr(recovery, "BACKOFF_S", (0.2, 0.5))
     lab, tb_path, _ = provisioned_lab
     _fresh(tb_path)
     sc = write_scenario(tmp_path / "sc.yaml", name="netns-stop", images=8, period_ms=80,

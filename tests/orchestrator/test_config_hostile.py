@@ -16,10 +16,19 @@ import tracemalloc
 
 import pytest
 
-from hilbed.orchestrator.cli.main import main
 from hilbed.orchestrator import config
-from hilbed.orchestrator.config import (MIN_SECRET_CHARS, SECRET_MARK, load_scenario, load_testbed, recover_config_text,
-                                        redact, redact_config_text, redact_text, secret_values)
+from hilbed.orchestrator.cli.main import main
+from hilbed.orchestrator.config import (
+    MIN_SECRET_CHARS,
+    SECRET_MARK,
+    load_scenario,
+    load_testbed,
+    recover_config_text,
+    redact,
+    redact_config_text,
+    redact_text,
+    secret_values,
+)
 from hilbed.orchestrator.plan import make_plan
 from hilbed.orchestrator.yamlsrc import MAX_FILE_BYTES, ConfigError
 

@@ -8,9 +8,8 @@ import pytest
 
 from hilbed.nodes.link.gen import gen_ieee802154, gen_lora, gen_ltem, lora_bitrate_bps, lora_time_on_air_s
 from hilbed.nodes.link.lint import analyze
-from hilbed.nodes.link.traces import read_mahimahi
 from hilbed.nodes.link.schedule import OpportunitySchedule
-from hilbed.nodes.link.traces import read_csv_rates
+from hilbed.nodes.link.traces import read_csv_rates, read_mahimahi
 from hilbed.orchestrator.cli.main import main
 
 

@@ -22,7 +22,6 @@ from hilbed.nodes.codecs.artifacts import Artifact, ArtifactStore
 from hilbed.nodes.codecs.jpeg_tables import HEADER_MODES, JpegProfile, optimize_for
 from hilbed.nodes.codecs.nets.adacompress import QUALITIES, Agent, Hyper, Learner, reward
 
-
 # ------------------------------------------------------- environment ---
 
 @dataclass

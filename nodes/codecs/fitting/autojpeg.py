@@ -31,7 +31,6 @@ from hilbed.nodes.codecs.artifacts import Artifact, ArtifactStore
 from hilbed.nodes.codecs.autojpeg import KIND
 from hilbed.nodes.codecs.jpeg_tables import BT601, ColourTransform, JpegProfile, project_simplex
 
-
 TANH_T = 5.0
 
 

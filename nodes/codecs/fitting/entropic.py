@@ -29,7 +29,6 @@ from hilbed.nodes.codecs.nets.entropic import (
     build_student,
 )
 
-
 # ---------------------------------------------------------- training ---
 
 @dataclass(frozen=True)

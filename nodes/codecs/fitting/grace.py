@@ -23,7 +23,6 @@ from hilbed.nodes.codecs.artifacts import Artifact, ArtifactStore
 from hilbed.nodes.codecs.grace import AUTO_PROBE_IMAGES, KIND, GraceProbe
 from hilbed.nodes.codecs.jpeg_tables import BT601, ColourTransform
 
-
 # --------------------------------------------------------- Theorem 2 ---
 
 def theorem2(ratio_bg: np.ndarray, ratio_rg: np.ndarray) -> tuple[tuple[float, float, float], float, float]:

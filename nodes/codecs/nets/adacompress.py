@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
 #: the agent's actions: JPEG quality 5, 15, ..., 95 (§3.3)
 QUALITIES = tuple(range(5, 100, 10))
 #: length of the frozen image descriptor the agent sees (``adacompress.extract_features``)

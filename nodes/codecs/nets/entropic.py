@@ -14,7 +14,6 @@ from torch import nn
 from hilbed.nodes.codecs.nets.common import build_tail
 from hilbed.nodes.workload.models import CifarResNet
 
-
 # ------------------------------------------------------------ shapes ---
 
 #: initial width of the learnt prior (compressai's default is 10; latents here start near unit scale, and a

@@ -13,7 +13,6 @@ from typing import Any
 from torch import nn
 
 
-
 def build_modules(arch: Any):
     """(encoder, decoder) as torch modules for a :class:`~hilbed.nodes.codecs.pnc.PncArch`; the encoder ends before the sigmoid.
 

@@ -12,7 +12,13 @@ torch = pytest.importorskip("torch")
 from hilbed.nodes.codecs import make_codec  # noqa: E402
 from hilbed.nodes.codecs.artifacts import ArtifactStore  # noqa: E402
 from hilbed.nodes.codecs.fitting.autojpeg import (  # noqa: E402
-    colour_matrix_t, diff_jpeg, estimate_bits, estimate_bits_np, fit_autojpeg, fit_constraint, smooth_round,
+    colour_matrix_t,
+    diff_jpeg,
+    estimate_bits,
+    estimate_bits_np,
+    fit_autojpeg,
+    fit_constraint,
+    smooth_round,
 )
 from hilbed.nodes.codecs.jpeg_tables import BT601, ColourTransform, JpegProfile, ijg_quality_tables  # noqa: E402
 from hilbed.nodes.workload.synthetic import make_image  # noqa: E402

@@ -14,7 +14,6 @@ from hilbed.nodes.codecs.grace import GraceProbe, quant_tables, theorem1
 from hilbed.nodes.codecs.jpeg_tables import ColourTransform, dqt_tables, parse_header
 from hilbed.nodes.workload.synthetic import make_image
 
-
 # -------------------------------------------------------------- Theorem 1 ---
 
 def test_theorem1_hand_computed_case():

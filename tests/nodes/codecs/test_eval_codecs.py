@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from hilbed.nodes.codecs.fitting.evaluate import (
-    Variant, bytes_for_accuracy, compare_to_reference, evaluate_variant, pareto, parse_variants,
+    Variant,
+    bytes_for_accuracy,
+    compare_to_reference,
+    evaluate_variant,
+    pareto,
+    parse_variants,
 )
 from hilbed.orchestrator.cli.main import main
 

@@ -11,9 +11,24 @@ from PIL import Image
 
 from hilbed.nodes.codecs.dct import ZIGZAG, block_dct, block_dct_t, block_idct, block_idct_t, dct_matrix
 from hilbed.nodes.codecs.jpeg_tables import (
-    BT601, M_DHT, M_DQT, ColourTransform, JpegProfile, JpegStreamError, clamp_tables, decode_jpeg, dqt_tables,
-    encode_jpeg, header_bytes, ijg_quality_tables, join_stream, parse_header, parse_tables, project_simplex,
-    shared_markers, split_stream,
+    BT601,
+    M_DHT,
+    M_DQT,
+    ColourTransform,
+    JpegProfile,
+    JpegStreamError,
+    clamp_tables,
+    decode_jpeg,
+    dqt_tables,
+    encode_jpeg,
+    header_bytes,
+    ijg_quality_tables,
+    join_stream,
+    parse_header,
+    parse_tables,
+    project_simplex,
+    shared_markers,
+    split_stream,
 )
 from hilbed.nodes.codecs.pillow_family import jpeg_header_bytes
 from hilbed.nodes.workload.synthetic import make_image

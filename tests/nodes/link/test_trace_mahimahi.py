@@ -5,9 +5,18 @@ from __future__ import annotations
 import pytest
 
 from hilbed.nodes.link.schedule import OpportunitySchedule, PiecewiseRate
-from hilbed.nodes.link.traces import (TraceError, constant_rate_trace, format_mahimahi, load_mahimahi_schedule,
-                                      load_schedule, parse_csv_rates, read_csv_rates, read_mahimahi, write_csv_rates,
-                                      write_mahimahi)
+from hilbed.nodes.link.traces import (
+    TraceError,
+    constant_rate_trace,
+    format_mahimahi,
+    load_mahimahi_schedule,
+    load_schedule,
+    parse_csv_rates,
+    read_csv_rates,
+    read_mahimahi,
+    write_csv_rates,
+    write_mahimahi,
+)
 
 
 def test_every_shared_trace_is_accepted(shared_data):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from hilbed.orchestrator.lab.check import NodeCheck, _judge, check_testbed, render_checks
 from hilbed.orchestrator.config import load_testbed
+from hilbed.orchestrator.lab.check import NodeCheck, _judge, check_testbed, render_checks
 
 pytest_plugins = ["tests.netns_fixtures"]
 
@@ -125,7 +125,7 @@ conditions: [{name: air, link: {kind: radio}}]
 
 
 def test_run_refuses_to_start_when_a_node_fails(broken_testbed, tmp_path):
-    from hilbed.orchestrator.run.runner import Runner, RunError
+    from hilbed.orchestrator.run.runner import RunError, Runner
     sc = tmp_path / "radio.yaml"
     sc.write_text(RADIO_SCENARIO)
     r = Runner(broken_testbed, sc, results_dir=tmp_path / "runs", quiet=True, make_report=False)

@@ -11,8 +11,16 @@ import pytest
 
 from hilbed.orchestrator.config import SSHTransportCfg, load_testbed
 from hilbed.orchestrator.lab.provision import IMPORT_NAMES, Wheel, node_extras, source_hash
-from hilbed.orchestrator.lab.ssh import (HintingRejectPolicy, HostKeyError, SSHTransport, _sftp_path, _shell_path,
-                              fingerprint, known_hosts_name, parse_jump)
+from hilbed.orchestrator.lab.ssh import (
+    HintingRejectPolicy,
+    HostKeyError,
+    SSHTransport,
+    _sftp_path,
+    _shell_path,
+    fingerprint,
+    known_hosts_name,
+    parse_jump,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 
