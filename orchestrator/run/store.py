@@ -124,6 +124,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.close(fd)
         _unlink_quietly(tmp)
         raise _write_error("write", path, exc) from None
+    except BaseException:  # interrupted (SIGTERM -> KeyboardInterrupt) between the steps: no debris either
+        if fd >= 0:
+            os.close(fd)
+        _unlink_quietly(tmp)
+        raise
     fsync_dir(path.parent)
 
 
@@ -391,7 +396,9 @@ class RunStore:
             os.link(p, tmp)
             os.replace(tmp, self.backup_manifest_path)
         except OSError:
-            _unlink_quietly(tmp)
+            pass  # best effort: the manifest itself is still written
+        finally:
+            _unlink_quietly(tmp)  # gone after a successful replace; removed on any failure or interruption
 
     def update_manifest(self, **fields: Any) -> dict:
         m = self.read_manifest() if self.manifest_path.exists() else {}
