@@ -1,25 +1,25 @@
 # Two entry points: `make run` (quickstart on the embedded testbed) and `make test`.
-# Both create .venv on first use. TORCH pins the torch wheel (a CPU build is enough).
-PYTHON ?= python3
-VENV   ?= .venv
-TORCH  ?= torch==2.13.0
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.hilbed-installed
+# Both create .venv on first use: one environment with everything, the neural codecs (compressai) included.
+# TORCH is the torch/torchvision pair, installed first; it must be a released pair whose compiled ops load
+# together (compressai imports torchvision; a CUDA torchvision beside a CPU torch fails at import).
+# The default is PyPI's CUDA build (~6 GB; it runs on CPU-only machines too). Where download.pytorch.org
+# is reachable, TORCH_INDEX=--index-url https://download.pytorch.org/whl/cpu gets the CPU pair instead.
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH       ?= torch==2.14.1 torchvision==0.29.1
+TORCH_INDEX ?=
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.hilbed-installed
 
-.PHONY: run test test-fast venv clean-venv test-neural
-
-# The neural codecs (PNC fitting/decoding, entropic student) in their own venv: compressai needs numpy<2.
-# NEURAL_TORCH_INDEX=--index-url https://download.pytorch.org/whl/cpu gets CPU wheels instead of the CUDA build (~5 GB).
-NEURAL_VENV        ?= .venv-neural
-NEURAL_TORCH       ?= torch==2.14.1 torchvision==0.29.1
-NEURAL_TORCH_INDEX ?=
-NEURAL_STAMP       := $(NEURAL_VENV)/.hilbed-installed
+.PHONY: run test test-fast test-neural venv clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q $(TORCH) $(TORCH_INDEX)
 	$(PY) -m pip install -q -e '.[test]'
+	@$(PY) -W ignore -c "import torchvision, compressai.entropy_models" || { \
+	  echo "torch and torchvision in $(VENV) do not load together (TORCH='$(TORCH)'); see docs/neural-codecs.md"; exit 1; }
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -35,15 +35,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow and not netns" -p no:randomly; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
-$(NEURAL_STAMP): pyproject.toml
-	$(PYTHON) -m venv $(NEURAL_VENV)
-	$(NEURAL_VENV)/bin/python -m pip install -q --upgrade pip
-	$(NEURAL_VENV)/bin/python -m pip install -q $(NEURAL_TORCH) $(NEURAL_TORCH_INDEX)
-	$(NEURAL_VENV)/bin/python -m pip install -q -e '.[test,neural]'
-	touch $(NEURAL_STAMP)
+# The neural-codec tests alone, in the same environment (`make test` runs them too).
+test-neural: $(STAMP)
+	$(PY) -m pytest -q tests/nodes/codecs/test_codec_pnc.py tests/nodes/codecs/test_codec_entropic.py
 
-test-neural: $(NEURAL_STAMP)
-	$(NEURAL_VENV)/bin/python -m pytest -q tests/nodes/codecs/test_codec_pnc.py tests/nodes/codecs/test_codec_entropic.py
-
+# .venv-neural was the second environment before there was one; remove it where it is left over.
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-neural
