@@ -31,6 +31,11 @@ def _console(args=None):
 
 def cmd_report(args) -> int:
     from hilbed.analysis.report import build_report
+    for d in args.runs:
+        if not Path(d).is_dir():
+            print(f"hilbed report: {d}: {'not a directory' if Path(d).exists() else 'no such directory'}",
+                  file=sys.stderr)
+            return 2
     bad = _bad_runs(args.runs)
     if bad:
         print(bad, file=sys.stderr)

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from hilbed.nodes.plugins import load_plugins
-from hilbed.orchestrator.cli import analysis, codecs, data, flash, lab, lease, plugins, trace
+from hilbed.orchestrator.cli import analysis, codecs, data, export, flash, lab, lease, plugins, trace
 from hilbed.orchestrator.cli.defaults import DEFAULT_SCENARIO, DEFAULT_TESTBED, default_path
 from hilbed.orchestrator.cli.output import add_json_flag, add_output, emit, wants_json, write_json
 from hilbed.orchestrator.errors import RunError
@@ -232,32 +232,48 @@ def build_parser() -> argparse.ArgumentParser:
     rs.set_defaults(fn=cmd_resume)
 
     for register in (trace.register, lab.register, codecs.register, analysis.register, plugins.register,
-                     data.register, lease.register, flash.register):
+                     data.register, lease.register, flash.register, export.register):
         register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    for plugin in load_plugins():  # before parsing: plug-ins add codecs, link kinds and roles that configs name
-        if not plugin.ok:
-            print(f"hilbed: plug-in {plugin.module} failed to load: {plugin.error}", file=sys.stderr)
-    parser = build_parser()
-    args = parser.parse_args(analysis.legacy_argv(list(sys.argv[1:] if argv is None else argv)))
-    if getattr(args, "testbed", "x") is None:
-        args.testbed = default_path(DEFAULT_TESTBED)
-    if getattr(args, "scenario", "x") is None:
-        args.scenario = default_path(DEFAULT_SCENARIO)
+    """Run one command. A reader that goes away early (``hilbed plan X --json | head -1``) ends it quietly:
+    no traceback, the rest of the output is dropped and the exit status is 141 (128 + SIGPIPE, what a
+    program killed by SIGPIPE reports in the shell)."""
     try:
-        return args.fn(args)
-    except ConfigError as exc:
-        print(exc.one_line(), file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:
-        if isinstance(exc, RunError):
-            print(f"hilbed: {exc}", file=sys.stderr)
-            return 1
-        raise
-
-
+        for plugin in load_plugins():  # before parsing: plug-ins add codecs, link kinds and roles that configs name
+            if not plugin.ok:
+                print(f"hilbed: plug-in {plugin.module} failed to load: {plugin.error}", file=sys.stderr)
+        parser = build_parser()
+        args = parser.parse_args(analysis.legacy_argv(list(sys.argv[1:] if argv is None else argv)))
+        if getattr(args, "testbed", "x") is None:
+            args.testbed = default_path(DEFAULT_TESTBED)
+        if getattr(args, "scenario", "x") is None:
+            args.scenario = default_path(DEFAULT_SCENARIO)
+        try:
+            rc = args.fn(args)
+        except ConfigError as exc:
+            print(exc.one_line(), file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
+        except Exception as exc:
+            if isinstance(exc, RunError):
+                print(f"hilbed: {exc}", file=sys.stderr)
+                return 1
+            raise
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit where it cannot be caught
+        return rc
+    except SystemExit as exc:
+        if not isinstance(exc.__context__, BrokenPipeError):  # rich's console exits 1 on a closed pipe
+            raise
+        return 141
+    except BrokenPipeError:
+        import os
+        try:  # the interpreter flushes stdout at exit: point it at /dev/null so that flush cannot fail again
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
