@@ -18,7 +18,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hilbed.nodes.record import FIELDS as RECORD_FIELDS
+from hilbed.nodes.record import KEY_FIELDS, record_problem  # noqa: F401  (re-exported: analysis' readers use them)
 
 from .schema import FIELDS, SCHEMA
 
@@ -27,49 +27,6 @@ _PANDAS_TYPES = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype(), pa.bo
 
 class NotARunDir(ValueError):
     """The path has neither manifest.json nor trials.jsonl."""
-
-
-#: the keys that identify a record
-KEY_FIELDS = ("trial_id", "client", "image_index")
-
-
-def _int_ok(v, bits: int) -> bool:
-    return type(v) is int and -(1 << (bits - 1)) <= v < (1 << (bits - 1))
-
-
-_TYPE_OK = {
-    "string": lambda v: isinstance(v, str),
-    "float64": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "int32": lambda v: _int_ok(v, 32),
-    "int64": lambda v: _int_ok(v, 64),
-    "bool": lambda v: isinstance(v, bool),
-    "list<int32>": lambda v: isinstance(v, list) and all(_int_ok(x, 32) for x in v),
-}
-_FIELD_OK = [(name, _TYPE_OK[t]) for name, (t, _) in RECORD_FIELDS.items() if t in _TYPE_OK]
-
-
-def record_problem(rec) -> str | None:
-    """Why ``rec`` cannot be a row (None when it can): the same rule as the run store's.
-
-    An object with a non-empty ``trial_id`` and ``client``, a non-negative integer ``image_index``, and
-    every contract field it has null or of the contract's type (else the Arrow table cannot be built).
-    """
-    if not isinstance(rec, dict):
-        return f"not a record (a JSON {type(rec).__name__})"
-    for k in KEY_FIELDS:
-        if rec.get(k) is None:
-            return f"not a record (no {k})"
-    if not isinstance(rec["trial_id"], str) or not rec["trial_id"]:
-        return "not a record (trial_id is not a string)"
-    if not isinstance(rec["client"], str) or not rec["client"]:
-        return "not a record (client is not a string)"
-    if not _int_ok(rec["image_index"], 64) or rec["image_index"] < 0:
-        return "not a record (image_index is not a non-negative integer)"
-    for name, ok in _FIELD_OK:
-        v = rec.get(name)
-        if v is not None and not ok(v):
-            return f"bad type of {name} ({type(v).__name__}, the contract says {RECORD_FIELDS[name][0]})"
-    return None
 
 
 def _object_problem(obj) -> str | None:

@@ -36,12 +36,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from hilbed.nodes.events import RunEvent, run_event_kind
-from hilbed.nodes.record import FIELDS as RECORD_FIELDS
-from hilbed.nodes.record import arrow_schema
+from hilbed.nodes.record import arrow_schema, record_problem
 from hilbed.orchestrator.errors import RunError
 
 #: the keys that identify a record (resume and merging use them)
-KEY_FIELDS = ("trial_id", "client", "image_index")
 #: line numbers kept per damaged file (the count is always exact)
 MAX_LISTED_LINES = 1000
 
@@ -141,46 +139,6 @@ def new_run_id(scenario: str) -> str:
 
 
 # -- validating what is read back -------------------------------------------------------------------
-
-def _is_int(v: Any, bits: int) -> bool:
-    return type(v) is int and -(1 << (bits - 1)) <= v < (1 << (bits - 1))
-
-
-_TYPE_CHECKS: dict[str, Callable[[Any], bool]] = {
-    "string": lambda v: isinstance(v, str),
-    "float64": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-    "int32": lambda v: _is_int(v, 32),
-    "int64": lambda v: _is_int(v, 64),
-    "bool": lambda v: isinstance(v, bool),
-    "list<int32>": lambda v: isinstance(v, list) and all(_is_int(x, 32) for x in v),
-}
-_FIELD_CHECKS = [(name, _TYPE_CHECKS[t]) for name, (t, _) in RECORD_FIELDS.items() if t in _TYPE_CHECKS]
-
-
-def record_problem(rec: Any) -> str | None:
-    """Why ``rec`` is not a usable record (None when it is).
-
-    A record is an object with a non-empty ``trial_id`` and ``client`` and a non-negative integer
-    ``image_index``, and every field of the record contract it has is null or of the contract's type
-    (otherwise results.parquet could not be built from it). Unknown keys are allowed (newer writers).
-    """
-    if not isinstance(rec, dict):
-        return f"not a record (a JSON {type(rec).__name__})"
-    for k in KEY_FIELDS:
-        if rec.get(k) is None:
-            return f"not a record (no {k})"
-    if not isinstance(rec["trial_id"], str) or not rec["trial_id"]:
-        return "not a record (trial_id is not a string)"
-    if not isinstance(rec["client"], str) or not rec["client"]:
-        return "not a record (client is not a string)"
-    if not _is_int(rec["image_index"], 64) or rec["image_index"] < 0:
-        return "not a record (image_index is not a non-negative integer)"
-    for name, ok in _FIELD_CHECKS:
-        v = rec.get(name)
-        if v is not None and not ok(v):
-            return f"bad type of {name} ({type(v).__name__}, the contract says {RECORD_FIELDS[name][0]})"
-    return None
-
 
 def event_problem(ev: Any) -> str | None:
     if not isinstance(ev, dict):
