@@ -33,7 +33,7 @@ test: $(STAMP)
 
 # The unit tests only (no end-to-end runs, no network namespaces): the quick loop while editing.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow and not netns" -p no:randomly; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(PY) -m pytest -q -m "not slow and not netns" -n auto -p no:randomly; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 # The neural-codec tests alone, in the same environment (`make test` runs them too).
 test-neural: $(STAMP)

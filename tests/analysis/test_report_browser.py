@@ -23,7 +23,8 @@ sys.path.insert(0, str(DATA))
 import synth  # noqa: E402
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)")
+pytestmark = [pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)"),
+              pytest.mark.slow]  # starts headless Chromium: `make test` runs it, `make test-fast` does not
 
 PROBE = """<script>
 window.__errs = [];

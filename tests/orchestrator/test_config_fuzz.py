@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a few thousand mutated files: `make test` runs it, `make test-fast` does not
+
 from hilbed.orchestrator.yamlsrc import ConfigError
 
 

@@ -110,6 +110,7 @@ def test_release_only_by_owner_unless_forced(tb):
     assert nl.release(owner("bob@l", "r9"))[0] == "free"
 
 
+@pytest.mark.slow  # waits out real lease lifetimes
 def test_renewal_pushes_expiry_and_a_forced_release_is_noticed_not_undone(tb):
     trs = _trs(tb)
     lost = []
@@ -126,6 +127,7 @@ def test_renewal_pushes_expiry_and_a_forced_release_is_noticed_not_undone(tb):
     a.release()
 
 
+@pytest.mark.slow  # waits out real lease lifetimes
 def test_expired_lease_is_replaced_and_own_lease_resumed(tb):
     trs = _trs(tb)
     nl = L.NodeLease("edge", L.lease_path(tb, "edge"), trs["edge"])
@@ -139,6 +141,7 @@ def test_expired_lease_is_replaced_and_own_lease_resumed(tb):
     assert status == "taken" and ob.lease["owner"]["user"] == "bob@l"
 
 
+@pytest.mark.slow  # waits out real lease lifetimes
 def test_manual_lease_of_the_same_user_is_borrowed_by_runs(tb):
     trs = _trs(tb)
     me = L.default_owner()
@@ -163,6 +166,7 @@ def test_manual_lease_of_the_same_user_is_borrowed_by_runs(tb):
     run.release()
 
 
+@pytest.mark.slow  # waits out real lease lifetimes
 @pytest.mark.parametrize("node_offset_s", [-86400 * 400, 7200, 0])
 def test_expiry_on_the_node_clock_whatever_the_controllers_clocks(tb, tmp_path, monkeypatch, node_offset_s):
     """Controller A is an hour ahead, B a day behind, the node far off: none of it moves the expiry."""
@@ -183,6 +187,7 @@ def test_expiry_on_the_node_clock_whatever_the_controllers_clocks(tb, tmp_path, 
     assert b.take(owner("bob@b", "r2"), 4)[0] == "taken"
 
 
+@pytest.mark.slow  # waits out real lease lifetimes
 def test_race_between_controller_processes(tb, state):
     """Six processes take the same node's lease at once: exactly one wins; the others name it."""
     code = ("import sys, json; from hilbed.orchestrator.config import load_testbed; "
@@ -294,6 +299,7 @@ def test_old_schedule_files_load_with_the_default_wait(state):
     assert sch.load_schedule("nightly", str(state / "sched")).lab_wait_s == sch.DEFAULT_LAB_WAIT_S
 
 
+@pytest.mark.slow  # waits out real lease lifetimes
 def test_cli_take_list_release(state):
     env = {**os.environ, "PYTHONPATH": str(REPO), "HILBED_STATE_DIR": str(state)}
 
