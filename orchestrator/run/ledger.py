@@ -1,7 +1,8 @@
 """What a condition actually applied: the jammer load each image was measured under, and what could not be applied.
 
 The jammer reports its load in 1 s measurement windows (``jammer_load``
-agent events in events.jsonl, on the jammer's clock). A record's
+agent events in events.jsonl, on the jammer's clock); every function here
+takes the run's events as read once by the store. A record's
 ``jammer_load`` is the window that covers the image's arrival; a record of a
 jammed condition that no window covers gets ``null`` and a ``jammer_note``
 saying why (never the load measured when the condition started). Such
@@ -16,11 +17,10 @@ settles the loads when the run's results are written.
 
 from __future__ import annotations
 
-import json
 from bisect import bisect_right
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from hilbed.nodes.link.linklog import read_linklog
 
@@ -60,23 +60,10 @@ class Windows:
         return None
 
 
-def _events(path: Path) -> Iterable[dict]:
-    if not path.exists():
-        return
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(ev, dict):
-                yield ev
-
-
-def jammer_windows(events_path: Path, offsets: dict[str, dict]) -> dict[str, Windows]:
-    """Every jammer's windows from events.jsonl, mapped to the controller clock with its measured offset."""
+def jammer_windows(events: list[dict], offsets: dict[str, dict]) -> dict[str, Windows]:
+    """Every jammer's windows from the run's events, mapped to the controller clock with its measured offset."""
     out: dict[str, Windows] = {}
-    for ev in _events(events_path):
+    for ev in events:
         e = ev.get("event")
         if ev.get("kind") != "agent_event" or not isinstance(e, dict) or e.get("event") != "jammer_load":
             continue
@@ -91,19 +78,19 @@ def jammer_windows(events_path: Path, offsets: dict[str, dict]) -> dict[str, Win
     return out
 
 
-def condition_starts(events_path: Path) -> dict[str, int]:
+def condition_starts(events: list[dict]) -> dict[str, int]:
     """When each condition's jamming was set (controller ns): schedules count their steps from here."""
     out: dict[str, int] = {}
-    for ev in _events(events_path):
+    for ev in events:
         if ev.get("kind") == "jammer_level" and ev.get("condition") is not None:
             out[str(ev["condition"])] = int(ev.get("t_ns", 0))
     return out
 
 
-def jammer_lapses(events_path: Path) -> list[dict]:
+def jammer_lapses(events: list[dict]) -> list[dict]:
     """Times the jammer was found not jamming (watchdog, crash) and re-armed, and the controller's stops at
     each condition's end, as the run recorded them (controller ns in ``t_ns``)."""
-    return [ev for ev in _events(events_path) if ev.get("kind") in ("jammer_lapsed", "jammer_rearmed",
+    return [ev for ev in events if ev.get("kind") in ("jammer_lapsed", "jammer_rearmed",
                                                                      "jammer_stopped")]
 
 
@@ -182,7 +169,8 @@ def settle_jammer_loads(records: list[dict], scenario: Any, windows: dict[str, W
     return records, unapplied
 
 
-def applied_ledger(events_path: Path, scenario: Any, windows: dict[str, Windows], records: list[dict]) -> dict:
+def applied_ledger(events: list[dict], logs: Path, scenario: Any, windows: dict[str, Windows],
+                   records: list[dict]) -> dict:
     """Per condition: what was asked and what was measured, from the run's events (for the manifest).
 
     jamming: the level asked, the load of every 1 s window that fell in the condition, lapses and re-arms;
@@ -199,7 +187,7 @@ def applied_ledger(events_path: Path, scenario: Any, windows: dict[str, Windows]
         if r.get("t_arrival_ns") is not None and r.get("condition") in out:
             sp = spans.setdefault(r["condition"], [int(r["t_arrival_ns"])] * 2)
             sp[0], sp[1] = min(sp[0], int(r["t_arrival_ns"])), max(sp[1], int(r["t_arrival_ns"]))
-    for ev in _events(events_path):
+    for ev in events:
         cond = out.get(str(ev.get("condition")))
         if cond is None:
             continue
@@ -217,7 +205,6 @@ def applied_ledger(events_path: Path, scenario: Any, windows: dict[str, Windows]
             cond["link"]["tc"].append({"node": ev.get("node"), **(ev.get("facts") or {})})
         elif k == "link_stats":
             cond["link"]["stats"][str(ev.get("node"))] = ev.get("result")
-    logs = events_path.parent / "logs"
     for name in out:
         for log in sorted(logs.glob(f"link-*-{name}.log")) if logs.is_dir() else []:
             client = log.name[len("link-"):-len(f"-{name}.log")]

@@ -451,11 +451,11 @@ class Runner:
     def _finish(self, state: str, wall_s: float) -> RunOutcome:
         from hilbed.analysis.metrics import summary
         records = self.store.merged_records()
-        ev = self.store.events_path
-        windows = jammer_windows(ev, self.manifest.get("clock_offsets", {}))
-        records, unapplied = settle_jammer_loads(records, self.scenario, windows, condition_starts(ev),
-                                                 jammer_lapses(ev))
-        self.manifest["applied"] = applied_ledger(ev, self.scenario, windows, records)
+        events = list(self.store.events())  # read once; damaged lines are skipped and counted by the store
+        windows = jammer_windows(events, self.manifest.get("clock_offsets", {}))
+        records, unapplied = settle_jammer_loads(records, self.scenario, windows, condition_starts(events),
+                                                 jammer_lapses(events))
+        self.manifest["applied"] = applied_ledger(events, self.store.logs, self.scenario, windows, records)
         n_records = self.store.write_results(records)
         if unapplied:
             self.manifest["unapplied"] = unapplied
