@@ -21,7 +21,8 @@ os.environ.setdefault("HILBED_STATE_DIR", tempfile.mkdtemp(prefix="hilbed-test-s
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-pytest_plugins = ["tests.netns_fixtures"]  # namespace lab with real sshd (tests/e2e/test_netns_*.py)
+# namespace lab with real sshd (tests/e2e/test_netns_*.py); small filesystems for disk faults
+pytest_plugins = ["tests.netns_fixtures", "tests.disk_fixtures"]
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 # named datasets and weights (docs/data.md): tests read the shared folder as the mirror and never download

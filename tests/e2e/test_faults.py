@@ -27,6 +27,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from tests.disk_fixtures import fill_filesystem
+
 pytestmark = pytest.mark.slow
 
 SEED = int(os.environ.get("HILBED_FAULT_SEED", "20261201"))
@@ -258,30 +260,9 @@ def test_sigkill_of_an_agent_mid_run_recovers_or_stops_for_resume(tmp_path, repo
 # -- the disk -------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def tmpfs(tmp_path):
-    """A small tmpfs for the results (root only), unmounted afterwards."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def _fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    with open(filler, "wb", buffering=0) as f:  # unbuffered: closing it cannot fail on what is left
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-        except OSError:
-            pass
-    return filler
+def tmpfs(make_tmpfs):
+    """An 8 MiB tmpfs (root only), unmounted afterwards."""
+    return make_tmpfs("8m")
 
 
 def test_full_disk_stops_in_one_line_and_resume_completes_after_freeing_space(tmp_path, repo, synthetic_model,
@@ -294,7 +275,7 @@ def test_full_disk_stops_in_one_line_and_resume_completes_after_freeing_space(tm
     ctl = _start(repo, _scenario(tmp_path, "full", images=images), results)
     try:
         run_dir = _wait_records(ctl, results, at)
-        filler = _fill(tmpfs)
+        filler = fill_filesystem(tmpfs)
         t0 = time.monotonic()
         out, err = ctl.communicate(timeout=120)
         took = time.monotonic() - t0

@@ -17,6 +17,7 @@ from hilbed.analysis.load import jsonl_damage, load_run, read_jsonl, read_record
 from hilbed.orchestrator.errors import RunError
 from hilbed.orchestrator.run.store import RunStore, StoreError
 from hilbed.orchestrator.run.store import record_problem as store_record_problem
+from tests.disk_fixtures import fill_filesystem
 
 
 def _rec(i: int, trial: str = "t") -> dict:
@@ -177,31 +178,9 @@ def test_stale_temp_files_of_dead_writers_are_swept(tmp_path):
 # -- failing disks --------------------------------------------------------------------------------
 
 @pytest.fixture
-def tmpfs(tmp_path):
+def tmpfs(make_tmpfs):
     """A 1 MiB tmpfs (root only), unmounted afterwards."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def _fill(path: Path) -> Path:
-    """Fill the filesystem of ``path``'s directory; returns the filler to delete."""
-    filler = path / "filler"
-    with open(filler, "wb", buffering=0) as f:  # unbuffered: closing it cannot fail on what is left
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-    return filler
+    return make_tmpfs("1m")
 
 
 def test_full_disk_append_fails_in_one_line_and_leaves_whole_lines(tmpfs):
@@ -209,7 +188,7 @@ def test_full_disk_append_fails_in_one_line_and_leaves_whole_lines(tmpfs):
     st.write_manifest({"state": "running"})
     for i in range(3):
         st.append_record(_rec(i))
-    filler = _fill(tmpfs)
+    filler = fill_filesystem(tmpfs)
     before = st.trials_path.read_bytes()
     big = dict(_rec(3), error="x" * 20000)  # larger than any slack left
     with pytest.raises(StoreError) as ei:
