@@ -403,3 +403,13 @@ def fill_missing_hashes(recorded: dict, current: dict) -> dict:
         if isinstance(out.get(key), dict) and out[key].get("sha256") is None and key in current:
             out[key] = current[key]
     return out
+
+
+def unhashed_inputs(recorded: dict) -> list[str]:
+    """The recorded inputs that carry no hash (remote files, models made on a node): resume cannot verify them."""
+    out = [key for key, e in recorded.get("files", {}).items() if isinstance(e, dict) and e.get("sha256") is None]
+    for key in ("dataset", "model"):
+        e = recorded.get(key)
+        if isinstance(e, dict) and e.get("sha256") is None and e.get("kind") != "synthetic":
+            out.append(f"{key}:{e.get('spec')}")
+    return out

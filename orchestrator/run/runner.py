@@ -42,7 +42,7 @@ from hilbed.orchestrator.plan import Plan, Trial, make_plan
 from hilbed.orchestrator.roles import ROLES
 from hilbed.orchestrator.run.conditions import Conditions
 from hilbed.orchestrator.run.context import RunContext
-from hilbed.orchestrator.run.inputs import collect_inputs, fill_missing_hashes, verify_inputs
+from hilbed.orchestrator.run.inputs import collect_inputs, fill_missing_hashes, unhashed_inputs, verify_inputs
 from hilbed.orchestrator.run.ledger import (
     WINDOW_SLACK_NS,
     applied_ledger,
@@ -210,6 +210,12 @@ class Runner:
             store.append_event(RunEvent.INPUTS_UNVERIFIED, reason="the run recorded no input hashes (older hilbed)")
             return
         current = collect_inputs(scenario, testbed, manifest["scenario"]["path"])
+        unhashed = unhashed_inputs(recorded)
+        if unhashed:  # nothing to compare them with: say so instead of passing them as unchanged
+            store.append_event(RunEvent.INPUTS_UNVERIFIED, inputs=unhashed,
+                               reason="the run could not hash these when it started")
+            self.console.print(f"[yellow]resume cannot verify {', '.join(unhashed)}: not hashed when the run "
+                               "started[/]")
         problems = verify_inputs(recorded, current)
         if not problems:
             return

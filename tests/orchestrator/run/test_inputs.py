@@ -186,3 +186,11 @@ def test_files_on_ssh_nodes_are_not_hashed_by_the_controller(tmp_path):
     assert got["dataset"]["sha256"] is None and "over ssh" in got["dataset"]["reason"]
     assert got["model"]["sha256"] is None and got["model"]["reason"]
     assert verify_inputs(got, _collect(path, tb, workdir=tmp_path)) == []
+
+
+def test_unhashed_inputs_are_named_not_passed_as_unchanged():
+    from hilbed.orchestrator.run.inputs import unhashed_inputs
+    rec = {"files": {"trace:a": {"sha256": "ab"}, "trace:b": {"sha256": None, "reason": "remote"}},
+           "dataset": {"spec": "synthetic", "kind": "synthetic"},
+           "model": {"spec": "module:x.y:build", "kind": "module", "sha256": None}}
+    assert unhashed_inputs(rec) == ["trace:b", "model:module:x.y:build"]
