@@ -30,6 +30,7 @@ class RunEvent(str, Enum):
     AGENT_EVENT = "agent_event"            # an agent's event, kept as sent
     INCIDENT = "incident"                  # a node dropped during a trial
     TRIAL_INTERRUPTED = "trial_interrupted"
+    TRIAL_CLIENTS_STOPPED = "trial_clients_stopped"
     TRIAL_RECOVERED = "trial_recovered"
     RECONNECT_RETRY = "reconnect_retry"
     RECONNECT_FAILED = "reconnect_failed"

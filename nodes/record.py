@@ -34,6 +34,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "link_delay_ms": ("float64", "one-way delay in ms"),
     "deadline_ms": ("float64", "per-image deadline after arrival, ms"),
     "period_ms": ("float64", "image inter-arrival period, ms"),
+    "n_clients": ("int32", "clients streaming at once in the condition (sharing the medium, uplink and edge)"),
+    "testbed": ("string", "the testbed (bench) the image ran on"),
     "repetition": ("int32", "repetition index (0-based)"),
     "client": ("string", "client node name"),
     "image_index": ("int64", "dataset index of the image"),
@@ -57,6 +59,8 @@ FIELDS: dict[str, tuple[str, str]] = {
     "t_edge_close_ns": ("int64", "edge closed the message: END received or deadline (ns)"),
     "t_decode_end_ns": ("int64", "edge finished decoding (ns)"),
     "t_infer_end_ns": ("int64", "edge finished inference (ns)"),
+    "batch_size": ("int32", "images the edge inferred together with this one (1: alone; null: not inferred)"),
+    "batch_wait_ms": ("float64", "time the decoded image waited at the edge for its batch to form, ms"),
     "t_result_ns": ("int64", "reply reached the client (ns; null if none)"),
     "deadline_met": ("bool", "every byte of the image reached the edge by the deadline"),
     "decoded": ("bool", "the edge could decode what arrived"),
@@ -107,7 +111,7 @@ def make_record(raw: dict, *, run_id: str, scenario: str, trial_id: str, codec: 
     """A stored record from a client's raw record (its own clock, plus the edge's reply on the edge's clock).
 
     ``condition_fields``: condition, jamming_level, link_kind, link_rate_kbps, trace_name, link_delay_ms,
-    deadline_ms, period_ms. ``*_offset``: ``{"offset_ns", "uncertainty_ns"}`` from the clock probe.
+    deadline_ms, period_ms, n_clients, testbed. ``*_offset``: ``{"offset_ns", "uncertainty_ns"}`` from the clock probe.
     ``jammer``: ``{"jammer_load", "jammer_mbps", "jammer_note"}`` measured for this image.
     """
     c_ns, e_ns = client_offset["offset_ns"], edge_offset["offset_ns"]
@@ -133,6 +137,7 @@ def make_record(raw: dict, *, run_id: str, scenario: str, trial_id: str, codec: 
         "t_edge_close_ns": _mapped(raw, "edge_t_close_ns", e_ns),
         "t_decode_end_ns": _mapped(raw, "edge_t_decode_end_ns", e_ns),
         "t_infer_end_ns": _mapped(raw, "edge_t_infer_end_ns", e_ns), "t_result_ns": _mapped(raw, "t_result_ns", c_ns),
+        "batch_size": raw.get("batch_size"), "batch_wait_ms": raw.get("batch_wait_ms"),
         "deadline_met": (raw.get("error") is None and bytes_delivered == bytes_total
                          and chunks_delivered == chunks_total),
         "decoded": decoded, "top1": top5[0] if top5 else None, "top5": top5,

@@ -53,6 +53,7 @@ DEFAULT_JAMMING_LEVELS = ("none", "light", "heavy")
 # Upper bounds (docs/config.md lists them); each keeps a value inside what
 # the runner, the client's timers, iperf3 and the plan can actually handle.
 MAX_NODES = 128
+MAX_CLIENTS = 64                       # clients streaming at once in one condition
 MAX_CODECS = 64
 MAX_CONDITIONS = 256
 MAX_JAMMING_LEVELS = 32
@@ -348,6 +349,16 @@ class ConditionCfg(Strict):
     jamming_schedule: list[JammingStepCfg] | None = Field(None, min_length=1, max_length=MAX_SCHEDULE_STEPS,
                                                           description="levels over time; overrides jamming")
     deadline_ms: float | None = Field(None, gt=0, le=MAX_PERIOD_MS)
+    clients: int | None = Field(None, ge=1, le=MAX_CLIENTS, description="clients streaming at once (the first N "
+                                "client nodes); default: the scenario's clients, else every client of the testbed")
+
+
+class EdgeCfg(Strict):
+    """How the edge infers: dynamic batching across clients (docs/scale.md)."""
+    max_batch: int = Field(1, ge=1, le=256, description="images inferred together at most; 1 = one at a time")
+    max_wait_ms: float = Field(2.0, ge=0, le=1000, description="longest a decoded image waits for its batch to fill "
+                               "(never past the earliest deadline in the batch)")
+    amp: bool = Field(False, description="automatic mixed precision (float16) on CUDA; ignored on CPU")
 
 
 class JammingLevelCfg(Strict):
@@ -378,6 +389,10 @@ class ScenarioCfg(Strict):
     codecs: list[CodecCfg] = Field(..., min_length=1, max_length=MAX_CODECS)
     conditions: list[ConditionCfg] = Field(..., min_length=1, max_length=MAX_CONDITIONS)
     repetitions: int = Field(1, ge=1, le=MAX_REPETITIONS)
+    clients: int | None = Field(None, ge=1, le=MAX_CLIENTS, description="clients streaming at once in every "
+                                "condition (a condition's own clients: wins); on the embedded testbed missing "
+                                "local clients are created (client-2, client-3, ...)")
+    edge: EdgeCfg = Field(default_factory=EdgeCfg)
     jamming_levels: dict[Ident, JammingLevelCfg] = Field(default_factory=dict, max_length=MAX_JAMMING_LEVELS)
     thresholds: ThresholdsCfg = Field(default_factory=ThresholdsCfg)
 
@@ -390,6 +405,18 @@ class ScenarioCfg(Strict):
 
     def deadline_ms(self, cond: ConditionCfg) -> float:
         return cond.deadline_ms if cond.deadline_ms is not None else self.stream.period_ms
+
+    def n_clients(self, cond: ConditionCfg, testbed: "TestbedCfg") -> int:
+        """Clients streaming in ``cond``: its own ``clients``, else the scenario's, else all of the testbed's."""
+        if cond.clients is not None:
+            return cond.clients
+        return self.clients if self.clients is not None else len(testbed.clients)
+
+    @property
+    def max_clients(self) -> int | None:
+        asked = [c.clients for c in self.conditions if c.clients is not None] + (
+            [self.clients] if self.clients is not None else [])
+        return max(asked) if asked else None
 
 
 # ------------------------------------------------------- error reporting ---

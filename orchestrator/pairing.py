@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from hilbed.nodes.link.registry import link_kind_class
+from hilbed.orchestrator.config import MAX_NODES
 from hilbed.orchestrator.yamlsrc import ConfigError, dotted
 
 
@@ -26,6 +27,43 @@ def _error(scenario: Any, loc: tuple, problem: str, fix: str) -> ConfigError:
 
 def _local(testbed: Any, node: str) -> bool:
     return testbed.nodes[node].transport.kind == "local"
+
+
+def with_clients(testbed: Any, scenario: Any, testbed_path: str = "the testbed") -> Any:
+    """The testbed with as many client nodes as the scenario streams from at once.
+
+    A lab testbed lists each client; on this machine (every client a local
+    process) the missing ones are copies of the last client, named
+    ``client-2``, ``client-3``, ... so ``clients: 8`` works on the embedded
+    testbed. A copy of a client with a real radio port or power meter would
+    share that device, so such a testbed is refused instead.
+    """
+    want = scenario.max_clients
+    have = testbed.clients
+    if want is None or want <= len(have):
+        return testbed
+    loc = ("clients",) if scenario.clients == want else next(
+        ("conditions", i, "clients") for i, c in enumerate(scenario.conditions) if c.clients == want)
+    template = testbed.nodes[have[-1]]
+    remote = [n for n in have if not _local(testbed, n)]
+    shared = [what for what, busy in (("radio port", template.radio is not None and template.radio.port != "emulated"),
+                                      ("power meter", template.power is not None
+                                       and template.power.meter not in ("none", "emulated"))) if busy]
+    if remote or shared:
+        why = (f"{', '.join(remote)} run elsewhere" if remote
+               else f"{have[-1]} has a real {' and '.join(shared)} a copy would share")
+        raise _error(scenario, loc, f"the scenario streams from {want} clients but {testbed_path} lists "
+                     f"{len(have)} and cannot make more ({why})", f"list {want} client nodes in {testbed_path}")
+    nodes = dict(testbed.nodes)
+    k = 1
+    while len([n for n in nodes if "client" in nodes[n].roles]) < want:
+        k += 1
+        name = f"client-{k}"
+        if name not in nodes:
+            nodes[name] = template.model_copy(deep=True)
+    if len(nodes) > MAX_NODES:
+        raise _error(scenario, loc, f"{want} clients make {len(nodes)} nodes", f"at most {MAX_NODES} nodes")
+    return testbed.model_copy(update={"nodes": nodes})
 
 
 def check_pair(testbed: Any, scenario: Any, testbed_path: str = "the testbed") -> None:

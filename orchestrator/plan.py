@@ -25,7 +25,9 @@ def trial_id(scenario: str, codec: CodecCfg, cond: ConditionCfg, deadline_ms: fl
         "scenario": scenario,
         "codec": codec.codec,
         "params": explicit_params(codec.codec, codec.params),
-        "condition": cond.model_dump(mode="json") | {"deadline_ms": deadline_ms},
+        # a condition without ``clients`` keeps the id it had before the field existed (resume of older runs)
+        "condition": cond.model_dump(mode="json", exclude=None if cond.clients is not None else {"clients"})
+        | {"deadline_ms": deadline_ms},
         "repetition": repetition,
     }
     blob = json.dumps(key, sort_keys=True, separators=(",", ":"))
@@ -40,7 +42,7 @@ class Trial:
     condition: ConditionCfg
     repetition: int
     deadline_ms: float
-    image_indices: dict[str, tuple[int, ...]]  # per client node
+    image_indices: dict[str, tuple[int, ...]]  # per client node (the condition's clients only)
 
     @property
     def n_images(self) -> int:
@@ -75,19 +77,28 @@ def make_plan(scenario: ScenarioCfg, testbed: TestbedCfg) -> Plan:
     """Order: condition -> repetition -> codec, so codecs are interleaved in time.
 
     Within a repetition every codec sees the same images (paired comparison);
-    each client gets its own slice of indices.
+    each client gets its own slice of indices. A condition streams from its
+    first ``scenario.n_clients(cond, testbed)`` client nodes.
     """
-    clients = testbed.clients
     n = scenario.workload.images_per_trial
-    n_trials = len(scenario.conditions) * scenario.repetitions * len(scenario.codecs)
-    if n_trials > MAX_TRIALS or n_trials * n * len(clients) > MAX_PLAN_IMAGES:
+    per_rep = len(scenario.codecs) * scenario.repetitions
+    n_trials = len(scenario.conditions) * per_rep
+    n_images = sum(per_rep * n * scenario.n_clients(c, testbed) for c in scenario.conditions)
+    if n_trials > MAX_TRIALS or n_images > MAX_PLAN_IMAGES:
         raise _plan_error(scenario, ("workload", "images_per_trial"),
-                          f"the plan has {n_trials} trials x {n} images x {len(clients)} clients = "
-                          f"{n_trials * n * len(clients)} images",
+                          f"the plan has {n_trials} trials x {n} images x their clients = {n_images} images",
                           f"at most {MAX_TRIALS} trials and {MAX_PLAN_IMAGES} images in all")
     trials: list[Trial] = []
-    for cond in scenario.conditions:
+    for i, cond in enumerate(scenario.conditions):
         dl = scenario.deadline_ms(cond)
+        want = scenario.n_clients(cond, testbed)
+        if want > len(testbed.clients):
+            loc = ("conditions", i, "clients") if cond.clients is not None else ("clients",)
+            raise _plan_error(scenario, loc, f"condition {cond.name} streams from {want} clients but the testbed "
+                              f"{testbed.name} has {len(testbed.clients)}",
+                              "at most the testbed's client nodes (a lab testbed lists each client; the embedded "
+                              "one creates local clients)")
+        clients = testbed.clients[:want]
         for rep in range(scenario.repetitions):
             for codec in scenario.codecs:
                 idx = {c: tuple(range((rep * len(clients) + k) * n, (rep * len(clients) + k + 1) * n))

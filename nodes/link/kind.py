@@ -1,7 +1,7 @@
 """The link-kind interface: controller, client and edge sides of one ``link.kind`` together.
 
 - controller side (runs in the controller, gets the run context duck-typed:
-  ``testbed``, ``scenario``, ``agent()``, ``live_agent()``, ``offset()``,
+  ``testbed``, ``scenario``, ``clients_for(cond)``, ``agent()``, ``live_agent()``, ``offset()``,
   ``transport()``, ``event()``, ``state``, ``edge_port``): :meth:`setup` once
   per run before agents start, :meth:`apply` for each condition (opens the
   clients' links), :meth:`verify` (facts of what was applied, for the
@@ -57,7 +57,7 @@ class LinkKind:
     def open_client_links(self, ctx: Any, cond: Any) -> None:
         edge = ctx.testbed.edge
         e_off = ctx.offset(edge)["offset_ns"]
-        for k, c in enumerate(ctx.testbed.clients):
+        for k, c in enumerate(ctx.clients_for(cond)):
             ctx.agent(c, "client").call("open_link", timeout=60, spec=self.client_spec(ctx, cond, c, k),
                                         host=ctx.testbed.nodes[edge].address, port=ctx.edge_port,
                                         edge_minus_client_ns=e_off - ctx.offset(c)["offset_ns"],

@@ -50,7 +50,7 @@ def cmd_validate(args) -> int:
     """Each file on its own; with --testbed, every scenario also against that testbed (all its conditions
     must be applicable there)."""
     from hilbed.orchestrator.config import detect_kind, load_scenario, load_testbed
-    from hilbed.orchestrator.pairing import check_pair
+    from hilbed.orchestrator.pairing import check_pair, with_clients
     con = _console(args)
     bad = 0
     results = []
@@ -66,7 +66,7 @@ def cmd_validate(args) -> int:
             kind = detect_kind(f)
             cfg = (load_testbed if kind == "testbed" else load_scenario)(f)
             if kind == "scenario" and testbed is not None:
-                check_pair(testbed, cfg, args.pair_testbed)
+                check_pair(with_clients(testbed, cfg, args.pair_testbed), cfg, args.pair_testbed)
                 kind += f" on {args.pair_testbed}"
             if not wants_json(args):
                 con.print(f"{f}: ok ({kind})")
@@ -83,10 +83,10 @@ def cmd_plan(args) -> int:
     from rich.table import Table
 
     from hilbed.orchestrator.config import load_scenario, load_testbed
-    from hilbed.orchestrator.pairing import check_pair
+    from hilbed.orchestrator.pairing import check_pair, with_clients
     from hilbed.orchestrator.plan import make_plan
-    tb = load_testbed(args.testbed)
     sc = load_scenario(args.scenario)
+    tb = with_clients(load_testbed(args.testbed), sc, args.testbed)
     check_pair(tb, sc, args.testbed)
     plan = make_plan(sc, tb)
     est = plan.estimated_s()

@@ -57,6 +57,10 @@ class RunContext:
         """The embedded testbed: every node is a local process on this machine."""
         return all(c.transport.kind == "local" for c in self.testbed.nodes.values())
 
+    def clients_for(self, cond: Any) -> list[str]:
+        """The client nodes streaming in ``cond`` (its first N clients; see ``ScenarioCfg.n_clients``)."""
+        return self.testbed.clients[:self.scenario.n_clients(cond, self.testbed)]
+
     def is_local(self, node: str) -> bool:
         return self.testbed.nodes[node].transport.kind == "local"
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +38,7 @@ from hilbed.orchestrator.config import (
 from hilbed.orchestrator.errors import RunError, RunStopped
 from hilbed.orchestrator.lab.lease import LeaseSet, default_owner
 from hilbed.orchestrator.lab.transport import REPO_ROOT, AgentFailed
-from hilbed.orchestrator.pairing import check_pair
+from hilbed.orchestrator.pairing import check_pair, with_clients
 from hilbed.orchestrator.plan import Plan, Trial, make_plan
 from hilbed.orchestrator.roles import ROLES
 from hilbed.orchestrator.run.conditions import Conditions
@@ -61,6 +62,8 @@ from hilbed.orchestrator.ui import make_console
 START_MARGIN_NS = 30_000_000
 #: seconds of idle power measured per condition on metered clients
 POWER_BASELINE_S = 1.0
+#: seconds to wait for the clients stopped after another client failed (plus the trial's deadline)
+STOP_WAIT_S = 15.0
 
 
 def git_facts() -> dict:
@@ -137,6 +140,7 @@ class Runner:
                 manifest = store.read_manifest()
                 testbed = load_testbed(manifest["testbed"]["path"], self._testbed_text(manifest))
                 scenario = load_scenario(manifest["scenario"]["path"], manifest["scenario"]["text"])
+                testbed = with_clients(testbed, scenario, manifest["testbed"]["path"])
                 self._verify_inputs(store, manifest, testbed, scenario, accept_changed_inputs)
             except BaseException:
                 self.lock.release()  # a refused resume leaves the directory as it found it
@@ -146,6 +150,7 @@ class Runner:
             assert testbed_path is not None and scenario_path is not None
             testbed = load_testbed(testbed_path)
             scenario = load_scenario(scenario_path)
+            testbed = with_clients(testbed, scenario, str(testbed_path))
             check_pair(testbed, scenario, str(testbed_path))  # before anything is created: nothing to clean up
             make_plan(scenario, testbed)
             rd = Path(results_dir) if results_dir else Path(testbed.results_dir)
@@ -302,7 +307,8 @@ class Runner:
         return {"condition": trial.condition.name, "jamming_level": trial.condition.jamming, "link_kind": link.kind,
                 "link_rate_kbps": link.rate_kbps, "trace_name": Path(link.trace).name if link.trace else None,
                 "link_delay_ms": link.delay_ms, "deadline_ms": trial.deadline_ms,
-                "period_ms": self.scenario.stream.period_ms}
+                "period_ms": self.scenario.stream.period_ms, "n_clients": len(trial.image_indices),
+                "testbed": self.testbed.name}
 
     def execute(self) -> RunOutcome:
         """Run what is left of the plan; the run directory's lock is released on every path."""
@@ -431,22 +437,39 @@ class Runner:
         period = self.scenario.stream.period_ms
         t_call = time.time_ns()
         start_ns = t_call + START_MARGIN_NS  # common start so clients' streams are aligned
-        futs = []
+        futs = {}
         for c, idx in remaining.items():
             if not idx:
                 continue
             c_off = self.ctx.offset(c)["offset_ns"]
-            futs.append(self.ctx.agent(c, "client").call_async(
+            futs[c] = (self.ctx.agent(c, "client").call_async(
                 "run_trial", trial_id=t.id, codec=t.codec.codec, params=t.codec.params, indices=idx,
                 period_ms=period, deadline_ms=t.deadline_ms, start_ns=start_ns + c_off))
         budget = 60 + max(len(v) for v in remaining.values()) * (period + t.deadline_ms) / 1000 * 2
-        finished, pending = wait_futures(futs, timeout=budget)
+        # the first client that fails (its channel died, its agent raised) interrupts the trial at once: recovery
+        # reconnects and re-runs what has no record yet; the others' records of this trial are kept, by their keys
+        finished, pending = wait_futures(futs.values(), timeout=budget, return_when=FIRST_EXCEPTION)
+        failed = [f for f in finished if f.exception() is not None]
+        if failed:
+            self._stop_clients([c for c, f in futs.items() if f in pending], pending, t)
+            raise failed[0].exception()
         if pending:
             raise AgentFailed(f"trial {t.id} did not finish within {budget:.0f} s")
-        for f in finished:
-            f.result()  # raise agent errors
         self.ctx.event(RunEvent.TRIAL_DONE, trial_id=t.id, t_call_ns=t_call, start_ns=start_ns,
                                 t_done_ns=time.time_ns(), images=sum(len(v) for v in remaining.values()))
+
+    def _stop_clients(self, clients: list[str], pending: set, t: Trial) -> None:
+        """Stop the trial on clients still streaming after another failed, and wait for their last replies:
+        the re-run must not overlap them. What they stored stays (the re-run supersedes it key by key)."""
+        for c in clients:
+            h = self.ctx.live_agent(c, "client")
+            if h is not None:
+                try:
+                    h.call("abort", timeout=5)
+                except Exception:  # a second casualty: recovery handles it with the first
+                    pass
+        wait_futures(pending, timeout=STOP_WAIT_S + t.deadline_ms / 1000)
+        self.ctx.event(RunEvent.TRIAL_CLIENTS_STOPPED, trial_id=t.id, stopped=clients)
 
     def _teardown(self) -> None:
         self.conditions.teardown()  # links closed, jammer stopped, kernel shaping removed, emulators stopped

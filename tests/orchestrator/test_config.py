@@ -48,7 +48,7 @@ def test_good_files_load(tmp_path, repo):
     # unknown key at the top level, listing allowed keys
     (GOOD_SCENARIO + "repetition: 3\n",
      "s.yaml:9: repetition: unknown field (allowed: name, description, workload, stream, codecs, conditions, "
-     "repetitions, jamming_levels, thresholds)"),
+     "repetitions, clients, edge, jamming_levels, thresholds)"),
     # wrong type
     (GOOD_SCENARIO.replace("period_ms: 100", "period_ms: fast"),
      "s.yaml:3: stream.period_ms: Input should be a valid number, unable to parse string as a number, got 'fast'"),
