@@ -119,7 +119,8 @@ class Runner:
     def __init__(self, testbed_path: str | Path | None = None, scenario_path: str | Path | None = None, *,
                  results_dir: str | Path | None = None, resume_dir: str | Path | None = None,
                  console: Console | None = None, make_report: bool = True, quiet: bool = False,
-                 accept_changed_inputs: bool = False, force_unlock: bool = False):
+                 accept_changed_inputs: bool = False, force_unlock: bool = False,
+                 conditions: list[str] | None = None):
         self.console = console or make_console()
         self.quiet = quiet
         self.make_report = make_report
@@ -181,6 +182,14 @@ class Runner:
         self.leases: LeaseSet | None = None
         try:
             self.plan: Plan = make_plan(self.scenario, self.testbed)
+            # a part of the scenario (one bench's share of a several-testbed run): its trials keep their ids
+            only = manifest.get("only_conditions") if self.resuming else conditions
+            if only is not None:
+                unknown = sorted(set(only) - {c.name for c in self.scenario.conditions})
+                if unknown:
+                    raise RunError(f"no condition {', '.join(unknown)} in scenario {self.scenario.name}")
+                self.plan.trials = [t for t in self.plan.trials if t.condition.name in only]
+                manifest["only_conditions"] = list(only)
         except BaseException:
             self.lock.release()
             raise
