@@ -5,6 +5,10 @@ output directory and the :class:`~hilbed.analysis.styles.StyleRegistry`, and ret
 a :class:`Figure`; a figure whose data is absent (one jamming level, one
 deadline, no timestamps) raises :class:`SkipPlot` with the reason, which the
 report shows as a note.
+
+:data:`ALL` are drawn in every report; :data:`FLEET` (goodput, misses and
+fairness against the number of clients, latency per client) in its Fleet
+section, only when some condition ran more than one client.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
+from . import fleet as fleet_views  # noqa: E402
 from .metrics import _flag, _num, has_energy, summary, throughput_series  # noqa: E402
 from .runlog import EVENT_STYLE, RunMark, run_marks, unapplied  # noqa: E402
 from .schema import LATENCY_COMPONENTS  # noqa: E402
@@ -666,5 +671,160 @@ def accuracy_vs_energy(df: pd.DataFrame, out: Path, styles: StyleRegistry) -> Fi
                   _save(fig, out, "accuracy_vs_energy"))
 
 
+# ----------------------------------------------------------------- fleet ---
+
+_LINESTYLES = ("-", "--", ":", "-.")
+#: the most panels of the per-client latency CDFs (the largest fleet of each condition group x codec)
+FLEET_CDF_PANELS = 12
+
+
+def _fleet_or_skip(df: pd.DataFrame) -> None:
+    if len(df) == 0:
+        raise SkipPlot("no records")
+    n = fleet_views.max_clients(df)
+    if n <= 1:
+        raise SkipPlot(f"every condition ran {'one client' if n == 1 else 'no client'} (no fleet)")
+
+
+def _fleet_lines(t: pd.DataFrame, styles: StyleRegistry):
+    """(label, matplotlib style, rows) per condition group x codec: colour per group when the data has one codec,
+    else the codec's colour and marker with one line style per group."""
+    groups = list(dict.fromkeys(t["group"].astype(str)))
+    codecs = list(dict.fromkeys(t["codec_label"].astype(str)))
+    by_group = StyleRegistry(groups)
+    out = []
+    for (group, codec), c in t.groupby([t["group"].astype(str), t["codec_label"].astype(str)], sort=False):
+        c = c.sort_values("n_clients")
+        if len(codecs) == 1:
+            st = {"color": by_group.style(group)["color"], "marker": styles.style(codec)["marker"], "ls": "-"}
+            label = group
+        else:
+            st = {**styles.style(codec), "ls": _LINESTYLES[groups.index(group) % len(_LINESTYLES)]}
+            label = f"{group} · {codec}"
+        out.append((label, st, c))
+    return out
+
+
+def _clients_axis(ax, ns) -> None:
+    ns = sorted({int(n) for n in ns})
+    if ns and ns[-1] / max(ns[0], 1) >= 4:
+        ax.set_xscale("log", base=2)
+    ax.set_xticks(ns)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("clients streaming at once")
+    ax.grid(alpha=0.3)
+
+
+def fleet_goodput(df: pd.DataFrame, out: Path, styles: StyleRegistry) -> Figure:
+    """Aggregate goodput (images/s, kbit/s) and deadline-miss rate against the number of clients, one line per
+    condition group (and codec when there are several)."""
+    _fleet_or_skip(df)
+    t = fleet_views.fleet_table(df)
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(15, 4.2))
+    ns = t["n_clients"].to_numpy(dtype=float)
+    for period in sorted({float(p) for p in _num(t["period_ms"]) if p == p and p > 0}) if "period_ms" in t else []:
+        xs = np.array(sorted(set(ns)))
+        a1.plot(xs, xs * 1e3 / period, color="#999", ls="--", lw=1, zorder=1,
+                label=f"offered (clients / {period:g} ms)")
+    for label, st, c in _fleet_lines(t, styles):
+        x = c["n_clients"].to_numpy(dtype=float)
+        a1.plot(x, c["goodput_img_s"], color=st["color"], marker=st["marker"], ls=st["ls"], lw=1.4, ms=5,
+                label=label)
+        a2.plot(x, c["goodput_kbps"], color=st["color"], marker=st["marker"], ls=st["ls"], lw=1.4, ms=5)
+        a3.errorbar(x, 100 * c["miss_rate"], yerr=_yerr(c.rename(columns={"miss_lo": "miss_rate_lo",
+                                                                            "miss_hi": "miss_rate_hi"}), "miss_rate"),
+                    color=st["color"], marker=st["marker"], ls=st["ls"], lw=1.4, ms=5, capsize=2)
+    for ax, ylabel in ((a1, "goodput (images/s, all clients)"), (a2, "goodput (kbit/s payload, all clients)"),
+                       (a3, "deadline-miss rate (%)")):
+        _clients_axis(ax, ns)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+    a3.set_ylim(-3, 103)
+    fig.suptitle("Fleet goodput and deadline misses vs clients", y=1.0)
+    fig.tight_layout()
+    _legend_right(fig, a1)
+    return Figure("fleet_goodput", "Fleet goodput and misses vs clients",
+                  "Left: images that met the deadline and were decoded, per second, across all clients (grey "
+                  "dashes: the images offered); middle: payload delivered by the deadline in kbit/s; right: "
+                  "deadline-miss rate with Wilson 95% intervals. Per second of the conditions' wall span (first "
+                  "to last arrival plus one period). One line per condition group (the condition without its "
+                  "client count).", _save(fig, out, "fleet_goodput"))
+
+
+def fleet_fairness(df: pd.DataFrame, out: Path, styles: StyleRegistry) -> Figure:
+    """Jain's fairness index of the clients' goodput against the number of clients."""
+    _fleet_or_skip(df)
+    t = fleet_views.fleet_table(df)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ns = t["n_clients"].to_numpy(dtype=float)
+    xs = np.array(sorted(set(ns)))
+    ax.plot(xs, 1 / xs, color="#999", ls=":", lw=1, label="1/n: one client gets all")
+    for label, st, c in _fleet_lines(t, styles):
+        ax.plot(c["n_clients"].to_numpy(dtype=float), c["jain"], color=st["color"], marker=st["marker"],
+                ls=st["ls"], lw=1.4, ms=5, label=label)
+    _clients_axis(ax, ns)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("Jain's fairness index")
+    ax.set_title("Fairness between clients")
+    fig.tight_layout()
+    _legend_right(fig, ax)
+    return Figure("fleet_fairness", "Fairness vs clients",
+                  "Jain's index (sum x)^2 / (n sum x^2) over the clients' goodput (images that met the deadline "
+                  "and were decoded, per second): 1 when every client gets the same, 1/n (dotted) when one "
+                  "client gets everything.", _save(fig, out, "fleet_fairness"))
+
+
+def fleet_client_cdf(df: pd.DataFrame, out: Path, styles: StyleRegistry) -> Figure:
+    """End-to-end latency CDF per client, one panel per condition group x codec at its largest fleet."""
+    _fleet_or_skip(df)
+    d = fleet_views.prepare(df)
+    d = d[d["n_clients"].astype("Int64") > 1]
+    if d["e2e_ms"].notna().sum() == 0:
+        raise SkipPlot("no image of a multi-client condition got a reply")
+    panels = []
+    for (_, _), g in d.groupby([d["group"], d["codec_label"].astype(str)], sort=False):
+        n = int(g["n_clients"].max())
+        panels.append(g[g["n_clients"].astype("Int64") == n])
+    shown = panels[:FLEET_CDF_PANELS]
+    clients = StyleRegistry(d["client"].astype(str).unique())
+    fig, axes = _grid(len(shown))
+    best = (0, axes[0])
+    for ax, g in zip(axes, shown):
+        names = sorted(g["client"].astype(str).unique())
+        for client in names:
+            c = g[g["client"].astype(str) == client]
+            v = np.sort(_num(c["e2e_ms"]))
+            v = v[~np.isnan(v)]
+            if not len(v):
+                continue
+            ax.step(v, np.arange(1, len(v) + 1) / len(c), where="post", color=clients.style(client)["color"], lw=1.3,
+                    label=client)
+        dl = float(np.nanmedian(_num(g["deadline_ms"]))) if g["deadline_ms"].notna().any() else math.nan
+        if dl == dl:
+            ax.axvline(dl, color="#c00", ls="--", lw=1, label="deadline")
+        conds = ", ".join(dict.fromkeys(g["condition"].astype(str)))
+        multi = d["codec_label"].nunique() > 1
+        ax.set_title(f"{conds}: {int(g['n_clients'].max())} clients" + (f", {g['codec_label'].iloc[0]}" if multi
+                                                                          else ""), fontsize=9)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("end-to-end latency (ms)")
+        ax.set_ylabel("fraction of the client's images")
+        ax.grid(alpha=0.3)
+        if len(names) > best[0]:
+            best = (len(names), ax)
+    fig.suptitle("End-to-end latency per client", y=1.0)
+    fig.tight_layout()
+    _legend_right(fig, best[1])
+    more = (f" The first {FLEET_CDF_PANELS} of {len(panels)} panels are drawn." if len(panels) > len(shown) else "")
+    return Figure("fleet_client_cdf", "Latency per client",
+                  "Fraction of each client's images with a result within x ms of their arrival, one panel per "
+                  "condition group (and codec) at its largest number of clients; images without a reply keep a "
+                  "curve below 1; red dashes: deadline. Curves apart: the clients are not served alike." + more,
+                  _save(fig, out, "fleet_client_cdf"))
+
+
 ALL = (latency_breakdown, accuracy_vs_jamming, accuracy_vs_deadline, rate_accuracy, latency_cdf, miss_heatmap,
        accuracy_vs_energy, timeline, timeline_trial)
+#: the Fleet section's figures (drawn when some condition ran more than one client; each skips otherwise)
+FLEET = (fleet_goodput, fleet_fairness, fleet_client_cdf)

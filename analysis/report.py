@@ -4,7 +4,9 @@
 it opens from a mail attachment or a CI artifact with no network and no
 neighbouring files. The figures are also written next to it (PNG and SVG),
 with ``summary.csv``, ``latency.csv``, ``encode_overhead.csv`` and
-``summary.md`` (for CI logs).
+``summary.md`` (for CI logs). When some condition ran more than one client the
+page has a Fleet section (:mod:`hilbed.analysis.fleet`), written also as
+``fleet.csv`` and ``fleet_clients.csv``.
 
 Facts about a run come from its data, not from what the manifest says about
 it: ``hilbed run`` builds the report before it writes the record count into
@@ -23,7 +25,7 @@ import jinja2
 import pandas as pd
 import pyarrow as pa
 
-from . import plots
+from . import fleet, plots
 from .checks import all_warnings
 from .load import load_events, load_manifest, load_runs, load_table, scenario_of, to_pandas
 from .metrics import CLAIM_PERCENTILES, GROUP, encode_overhead, has_energy, latency_table, summary, with_latency
@@ -139,6 +141,39 @@ def make_figures(lat: pd.DataFrame, out: Path, manifests: list[dict], run_dirs: 
         except plots.SkipPlot as exc:
             notes.append(f"{fn.__name__.replace('_', ' ')} skipped: {exc}")
     return figs, notes
+
+
+def make_fleet_figures(lat: pd.DataFrame, out: Path) -> tuple[list[plots.Figure], list[str]]:
+    """The Fleet section's figures (:data:`plots.FLEET`); the others as notes 'title: reason'."""
+    styles = StyleRegistry.from_frame(lat)
+    figs, notes = [], []
+    for fn in plots.FLEET:
+        try:
+            figs.append(fn(lat, out, styles))
+        except plots.SkipPlot as exc:
+            notes.append(f"{fn.__name__.replace('_', ' ')} skipped: {exc}")
+    return figs, notes
+
+
+def fleet_section(lat: pd.DataFrame, out: Path, figures: bool = True) -> dict | None:
+    """The Fleet section when some condition ran more than one client (None otherwise): the aggregate and
+    per-client tables (also written as ``fleet.csv`` and ``fleet_clients.csv``) and the fleet figures."""
+    if not len(lat) or not fleet.is_fleet(lat):
+        return None
+    agg, per = fleet.fleet_table(lat), fleet.client_table(lat)
+    agg.to_csv(out / "fleet.csv", index=False)
+    per.to_csv(out / "fleet_clients.csv", index=False)
+    figs, notes = make_fleet_figures(lat, out) if figures else ([], [])
+    head, rows = fleet.fleet_rows(agg)
+    chead, crows = fleet.client_rows(per)
+    return {"columns": head, "rows": rows, "client_columns": chead, "client_rows": crows, "figures": figs,
+            "notes": notes, "batches": fleet.has_batches(agg)}
+
+
+def _figure_html(f: plots.Figure) -> dict:
+    return {"title": f.title, "caption": f.caption, "name": f.name,
+            "src": "data:image/png;base64," + base64.b64encode(f.png.read_bytes()).decode(),
+            "files": [p.name for p in f.paths]}
 
 
 def load_counted(run_dirs: list[Path]) -> tuple[pd.DataFrame, list[int]]:
@@ -280,6 +315,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
     latency_table(lat, by).to_csv(out / "latency.csv", index=False)
     enc, ref = encode_overhead(lat)
     enc.assign(reference=ref).to_csv(out / "encode_overhead.csv", index=False)
+    fl = fleet_section(lat, out, figures)
     warnings = all_warnings(lat, summary(lat) if by != GROUP else summ, manifests, events) + energy_warnings(lat)
     unapplied_lines = unapplied_notices(manifests)
     runs = [run_facts(d, m, n) for d, m, n in zip(run_dirs, manifests, counts)]
@@ -304,15 +340,15 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, 
         tail=f"{100 * (1 - EARLY_STOP_CONFIDENCE):g}",
         enc_columns=ehead, enc_rows=erows, enc_ref=ref, energy_columns=nhead, energy_rows=nrows, events=evrows,
         events_summary=marks_summary([mk for evs in events_per_run for mk in run_marks(evs)]),
-        figures=[{"title": f.title, "caption": f.caption, "name": f.name,
-                  "src": "data:image/png;base64," + base64.b64encode(f.png.read_bytes()).decode(),
-                  "files": [p.name for p in f.paths]} for f in figs],
-        notes=notes, warnings=warnings)
+        figures=[_figure_html(f) for f in figs], notes=notes, warnings=warnings,
+        fleet=fl and {**fl, "figures": [_figure_html(f) for f in fl["figures"]]})
     (out / "index.html").write_text(html, encoding="utf-8")
     (out / "summary.md").write_text(markdown_summary(summ, by, warnings=warnings, notes=notes, runs=runs,
-                                                     figures=[f.name for f in figs], unapplied=unapplied_lines,
+                                                     figures=[f.name for f in figs + (fl["figures"] if fl else [])],
+                                                     unapplied=unapplied_lines,
                                                      claims=(chead, crows), encode=(ehead, erows),
-                                                     energy=(nhead, nrows)),
+                                                     energy=(nhead, nrows),
+                                                     fleet=(fl["columns"], fl["rows"]) if fl else None),
                                     encoding="utf-8")
     return out / "index.html"
 
@@ -337,8 +373,11 @@ def markdown_summary(summ: pd.DataFrame, by: list[str] | None = None, *, warning
                      figures: list[str] | None = None, unapplied: list[str] | None = None,
                      claims: tuple[list[str], list[list[str]]] | None = None,
                      encode: tuple[list[str], list[list[str]]] | None = None,
-                     energy: tuple[list[str], list[list[str]]] | None = None) -> str:
-    """The report in Markdown for CI logs: conditions not applied, runs, the tables, warnings, figures."""
+                     energy: tuple[list[str], list[list[str]]] | None = None,
+                     fleet: tuple[list[str], list[list[str]]] | None = None) -> str:
+    """The report in Markdown for CI logs: conditions not applied, runs, the tables, warnings, figures.
+
+    ``fleet``: the fleet table (:func:`hilbed.analysis.fleet.fleet_rows`), shown when given."""
     parts = []
     if unapplied:
         parts += ["> [!CAUTION]", "> **Conditions not applied as asked**: the records below claim conditions "
@@ -361,6 +400,10 @@ def markdown_summary(summ: pd.DataFrame, by: list[str] | None = None, *, warning
     if energy and energy[1]:
         parts += ["**Energy per image** (encode + transmit; per correct image: all measured images' energy / "
                   "the correct ones)", "", _md_table(*energy, nby)]
+    if fleet and fleet[1]:
+        parts += ["**Fleet** (per condition group and number of clients; goodput: images that met the deadline "
+                  "and were decoded, per second of wall span, all clients; Jain: fairness of the clients' goodput, "
+                  "1 = fair)", "", _md_table(*fleet, 4)]
     if warnings:
         parts += ["**Warnings**", ""] + [f"- {w}" for w in warnings] + [""]
     if notes:

@@ -1,4 +1,4 @@
-"""Analysis sub-commands: report, compare, schedule.
+"""Analysis sub-commands: report, compare, fleet, schedule.
 
 Exit status follows the CLI's rule: 0 success, 1 a regression (compare,
 schedule run) or a failed action, 2 bad input.
@@ -115,6 +115,59 @@ def cmd_compare(args) -> int:
         text = cmp.verdict_text()
         con.print(f"[bold red]{text}[/] beyond the thresholds" if cmp.failed else text)
     return 1 if cmp.failed else 0
+
+
+# ----------------------------------------------------------------- fleet ---
+
+def cmd_fleet(args) -> int:
+    for d in args.runs:
+        if not Path(d).is_dir():
+            print(f"hilbed fleet: {d}: {'not a directory' if Path(d).exists() else 'no such directory'}",
+                  file=sys.stderr)
+            return 2
+    bad = _bad_runs(args.runs)
+    if bad:
+        print(bad, file=sys.stderr)
+        return 2
+    from rich.markup import escape
+    from rich.table import Table
+
+    from hilbed.analysis import fleet
+    from hilbed.analysis.load import load_runs
+    df = load_runs(args.runs)
+    agg, per = fleet.fleet_table(df), fleet.client_table(df)
+    result = {"runs": [str(r) for r in args.runs], "is_fleet": fleet.is_fleet(df), "max_clients": fleet.max_clients(df),
+              "fleet": agg.to_dict(orient="records"), "clients": per.to_dict(orient="records")}
+
+    def render(_):
+        con = _console(args)
+        if not len(agg):
+            con.print("no records")
+            return
+        head, rows = fleet.fleet_rows(agg)
+        keep = [i for i, col in enumerate(head) if col != "conditions"]  # names are in --json; the table stays narrow
+        head, rows = [head[i] for i in keep], [[row[i] for i in keep] for row in rows]
+        t = Table(title=f"fleet: {', '.join(Path(r).name for r in args.runs)}",
+                  caption="goodput: images that met the deadline and were decoded, per second of wall span, all "
+                          "clients; Jain: fairness of the clients' goodput (1 = fair, 1/n = one client gets all)")
+        for i, col in enumerate(head):
+            t.add_column(col, justify="left" if i < 3 else "right", no_wrap=i < 2)
+        for row in rows:
+            t.add_row(*map(escape, row))
+        con.print(t)
+        if args.clients:
+            chead, crows = fleet.client_rows(per)
+            ct = Table(title="per client")
+            for i, col in enumerate(chead):
+                ct.add_column(col, justify="left" if i < 4 else "right")
+            for row in crows:
+                ct.add_row(*map(escape, row))
+            con.print(ct)
+        if not result["is_fleet"]:
+            con.print("note: every condition ran one client (no fleet)")
+
+    emit(args, result, render)
+    return 0
 
 
 # -------------------------------------------------------------- schedule ---
@@ -264,6 +317,13 @@ def register(sub) -> None:
     cp.add_argument("--markdown-file", default=None, help=argparse.SUPPRESS)
     add_output(cp, "also write the comparison to this file: Markdown if it ends in .md, else JSON")
     cp.set_defaults(fn=cmd_compare)
+
+    fp = sub.add_parser("fleet", help="aggregate goodput, misses and fairness per condition group and number of "
+                        "clients")
+    fp.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    fp.add_argument("--clients", action="store_true", help="also print the per-client table")
+    add_json_flag(fp, "print {runs, is_fleet, max_clients, fleet: [rows], clients: [rows]} as JSON on stdout")
+    fp.set_defaults(fn=cmd_fleet)
 
     sp = sub.add_parser("schedule", help="scheduled regression runs (systemd user timer or crontab)")
     ssub = sp.add_subparsers(dest="schedule_cmd", required=True)
