@@ -233,15 +233,54 @@ class LoadedModel:
     std: tuple = IMAGENET_STD
     predict_fn: Callable[[np.ndarray], np.ndarray] | None = None
 
+    @property
+    def amp_applies(self) -> bool:
+        """Whether ``predict(amp=True)`` changes anything: a torch module on CUDA (autocast float16 there only)."""
+        return self.predict_fn is None and self.module is not None and self.device.type == "cuda"
+
     @torch.no_grad()
-    def predict(self, batch: np.ndarray) -> np.ndarray:
+    def predict(self, batch: np.ndarray, amp: bool = False) -> np.ndarray:
+        """Probabilities for an NHWC uint8 batch.
+
+        ``amp``: run the module under ``torch.autocast`` (float16) when :attr:`amp_applies`;
+        elsewhere (CPU, ``predict_fn`` models) it is ignored and the edge reports so.
+        Probabilities are returned as float32 either way.
+        """
         if self.predict_fn is not None:
             return self.predict_fn(batch)
         x = to_tensor(batch, self.mean, self.std).to(self.device)
+        if amp and self.amp_applies:
+            with torch.autocast(device_type="cuda", dtype=torch.float16):
+                logits = self.module(x)
+            return torch.softmax(logits.float(), 1).cpu().numpy()
         return torch.softmax(self.module(x), 1).float().cpu().numpy()
 
 
+def load_synthetic_file(path: str | Path, size: int) -> tuple[SmallCNN, dict]:
+    """The default model from a file provisioning pushed (``synthetic-cnn:FILE``): the node does not train it.
+
+    Refused (one line) when the file was trained for other settings than this scenario's image size."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ValueError(f"model synthetic-cnn:{path}: weights file not found (run `hilbed provision` with the "
+                         "scenario to push it)")
+    blob = torch.load(p, map_location="cpu", weights_only=False)
+    facts = dict(blob.get("facts") or {}) if isinstance(blob, dict) else {}
+    want = TrainConfig(size=size)
+    if facts.get("key") not in (None, want.key()):
+        raise ValueError(f"model synthetic-cnn:{path} was trained with other settings (key {facts.get('key')}, "
+                         f"image_size {(facts.get('config') or {}).get('size')}); image_size {size} needs key "
+                         f"{want.key()}")
+    model = SmallCNN(len(SYNTH_CLASSES), int((facts.get("config") or {}).get("width", want.width)))
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return model, facts
+
+
 def _load_synthetic(arg: str, *, size: int, device, progress=None) -> ModelParts:
+    if arg:  # a pushed copy of the controller's cached model
+        module, facts = load_synthetic_file(arg, size)
+        return ModelParts(module, SYNTH_CLASSES, facts, weights=Path(arg).expanduser())
     module, facts = synthetic_cnn(TrainConfig(size=size), progress)
     return ModelParts(module, SYNTH_CLASSES, dict(facts))
 
@@ -301,7 +340,7 @@ def load_model(spec: str, device: str = "auto", size: int = 32,
     dev = pick_device(device)
     prefix, _, arg = spec.partition(":")
     fn = _loader(prefix)
-    if fn is None or (prefix == "synthetic-cnn" and arg):
+    if fn is None:
         allowed = ", ".join(MODEL_PREFIXES)
         raise ValueError(f"unknown model {spec!r} (allowed: {allowed})")
     try:
