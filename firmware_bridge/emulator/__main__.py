@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--burst-ms", type=float, default=4.0, help="mean interference burst length in ms")
     p.add_argument("--channel", type=int, default=11, help="wuart radio channel (compile-time in the firmware)")
     p.add_argument("--wuart-msdu", type=int, default=100, help="max UART bytes per radio frame (wuart)")
+    p.add_argument("--frame-log", default=None,
+                   help="write one JSON line per frame event (tx with its outcome, CCA busy, retry...) to this file")
     p.add_argument("--log-level", default="WARNING")
     return p
 
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.WARNING), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     emulator = Emulator(args.protocol, args.radios, baud=args.baud, medium_file=args.medium_file, seed=args.seed,
-                        burst_ms=args.burst_ms, channel=args.channel, wuart_max_msdu=args.wuart_msdu)
+                        burst_ms=args.burst_ms, channel=args.channel, wuart_max_msdu=args.wuart_msdu,
+                        frame_log=args.frame_log)
 
     def _stop(signum: int, _frame: object) -> None:
         logging.getLogger(__name__).info("signal %d: stopping", signum)

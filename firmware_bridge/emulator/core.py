@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .loop import EventLoop
-from .medium import Medium, MediumFileWatcher
+from .medium import FrameLog, Medium, MediumFileWatcher
 from .radio_model import RadioModel
 from .spinel_rcp import DEFAULT_BAUD as SPINEL_DEFAULT_BAUD
 from .spinel_rcp import EmulatedSpinelRcp
@@ -44,7 +44,8 @@ class Emulator:
     def __init__(self, protocol: Protocol = "spinel", radios: int = 2, *, baud: int | None = None,
                  medium_file: str | os.PathLike[str] | None = None, seed: int | None = None,
                  burst_ms: float = 4.0, channel: int = DEFAULT_CHANNEL,
-                 wuart_max_msdu: int = DEFAULT_MAX_MSDU) -> None:
+                 wuart_max_msdu: int = DEFAULT_MAX_MSDU,
+                 frame_log: str | os.PathLike[str] | None = None) -> None:
         if protocol not in ("spinel", "wuart"):
             raise ValueError(f"unknown protocol {protocol!r}")
         if radios < 1:
@@ -53,6 +54,8 @@ class Emulator:
         self.baud = baud or default_baud(protocol)
         self.loop = EventLoop()
         self.medium = Medium(seed=seed, clock=self.loop.time, burst_ms=burst_ms)
+        if frame_log is not None:
+            self.medium.frame_log = FrameLog(frame_log)
         rng = random.Random(seed)
         self._radios: list[RadioModel] = []
         self.nodes: list[Any] = []
@@ -105,6 +108,8 @@ class Emulator:
         self.stop()
         for node in self.nodes:
             node.close()
+        if self.medium.frame_log is not None:
+            self.medium.frame_log.close()
         self.loop.close()
         self._closed = True
 
@@ -156,7 +161,7 @@ class EmulatorProcess:
     def __init__(self, protocol: Protocol = "spinel", radios: int = 2, *, baud: int | None = None,
                  medium_file: str | os.PathLike[str] | None = None, seed: int | None = None,
                  extra_args: list[str] | None = None, start_timeout: float = 10.0,
-                 log_level: str = "WARNING") -> None:
+                 log_level: str = "WARNING", frame_log: str | os.PathLike[str] | None = None) -> None:
         self.args = [sys.executable, "-m", "hilbed.firmware_bridge.emulator", "--protocol", protocol,
                      "--radios", str(radios), "--log-level", log_level]
         if baud is not None:
@@ -165,6 +170,8 @@ class EmulatorProcess:
             self.args += ["--medium-file", os.fspath(medium_file)]
         if seed is not None:
             self.args += ["--seed", str(seed)]
+        if frame_log is not None:
+            self.args += ["--frame-log", os.fspath(frame_log)]
         self.args += extra_args or []
         self.radios = radios
         self.start_timeout = start_timeout

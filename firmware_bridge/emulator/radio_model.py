@@ -152,9 +152,12 @@ class RadioModel:
             st.cca_failures += 1
             self.counters["cca_busy"] += 1
             if st.nb > st.request.max_csma_backoffs:
+                self.medium.log_frame("cca_fail", t_end, self.name, st.request.psdu, attempt=st.attempt, nb=st.nb)
                 self._finish(TX_CCA_FAILURE, None, t_end)
                 return
             st.be = min(st.be + 1, phy.MAC_MAX_BE)
+            self.medium.log_frame("cca_busy", t_end, self.name, st.request.psdu, attempt=st.attempt, nb=st.nb,
+                                  be=st.be)
             self._backoff(t_end)
         else:
             self._start_ppdu(t_end + phy.TURNAROUND_US * US)
@@ -177,7 +180,12 @@ class RadioModel:
         st = self._state
         if st is None or st.tx is not tx:
             return
+        collided = tx.corrupted  # set by an overlapping PPDU; interference is judged just below
         survived = self.medium.frame_survives(tx)
+        if self.medium.frame_log is not None:
+            self.medium.log_frame("tx", tx.start, self.name, tx.psdu, attempt=st.attempt, end=round(tx.end, 6),
+                                  result="ok" if survived else "collision" if collided else "jammed",
+                                  collided_with=sorted(set(tx.collided_with)))
         ack_tx: Transmission | None = None
         try:
             header = phy.parse_mac_header(tx.psdu)
@@ -216,6 +224,8 @@ class RadioModel:
         if st is None or st.tx is not tx:
             return
         t = t if t is not None else tx.end + phy.ACK_WAIT_US * US
+        self.medium.log_frame("retry" if st.attempt <= st.request.max_frame_retries else "no_ack", t, self.name,
+                              st.request.psdu, attempt=st.attempt)
         if st.attempt <= st.request.max_frame_retries:
             st.tx = None
             st.ack_tx = None

@@ -17,6 +17,7 @@ BUILTIN_KINDS: dict[str, str] = {
     "trace": "hilbed.nodes.link.kinds.trace:TraceKind",
     "tc": "hilbed.nodes.link.kinds.tc:TcKind",
     "radio": "hilbed.nodes.link.kinds.radio:RadioKind",
+    "shared-uplink": "hilbed.nodes.link.kinds.shared_uplink:SharedUplinkKind",
 }
 LINK_KINDS: dict[str, type[LinkKind]] = {}
 

@@ -5,6 +5,15 @@ Controller side: :meth:`RadioKind.setup` starts the pty emulator for
 through the medium file); a real lab names /dev/serial/by-id/... (or
 socket:// / rfc2217://) ports and nothing is started. Each condition opens
 the edge's radio receiver and the clients' radio links.
+
+N clients share the medium: every client's radio sends from its own short
+address (:func:`~hilbed.nodes.link.addressing.client_short_addr` of its index
+in the testbed's client order, so a client keeps its address in every
+condition), the edge's receiver keeps one assembly per (source, message) and
+the emulator's CSMA/CA arbitrates between them; its per-frame log
+(``logs/radio-frames.jsonl``) shows who met a busy channel, a collision or a
+retry. Wireless UART firmware hands the host no source address, so a
+``wuart`` radio link carries one client.
 """
 
 from __future__ import annotations
@@ -12,17 +21,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hilbed.nodes.link.addressing import EDGE_SHORT_ADDR
+from hilbed.nodes.link.addressing import EDGE_SHORT_ADDR, client_short_addr
 from hilbed.nodes.link.kind import LinkKind, LinkSetupError
 
 
 class RadioBench:
     """Serial ports of every node's radio, emulated ones included."""
 
-    def __init__(self, testbed: Any, medium_file: Path, seed: int = 0):
+    def __init__(self, testbed: Any, medium_file: Path, seed: int = 0, frame_log: Path | None = None):
         self.testbed = testbed
         self.medium_file = medium_file
         self.seed = seed
+        self.frame_log = frame_log
         self.emulator = None
         self.ports: dict[str, str] = {}
 
@@ -39,7 +49,8 @@ class RadioBench:
             from hilbed.firmware_bridge.emulator import EmulatorProcess
             bauds = {radios[n].baud for n in emulated if radios[n].baud}
             self.emulator = EmulatorProcess(protocols.pop(), len(emulated), baud=max(bauds) if bauds else None,
-                                            medium_file=self.medium_file, seed=self.seed)
+                                            medium_file=self.medium_file, seed=self.seed,
+                                            frame_log=Path(self.frame_log).resolve() if self.frame_log else None)
             self.ports.update(dict(zip(emulated, self.emulator.start())))
         return self.ports
 
@@ -70,25 +81,38 @@ class RadioKind(LinkKind):
         return ctx.state["radio_bench"]
 
     def setup(self, ctx: Any) -> None:
-        bench = RadioBench(ctx.testbed, ctx.medium_file, ctx.scenario.workload.seed)
+        bench = RadioBench(ctx.testbed, ctx.medium_file, ctx.scenario.workload.seed,
+                           frame_log=ctx.store.logs / "radio-frames.jsonl")
         ctx.state["radio_bench"] = bench
         ctx.manifest["radio_ports"] = bench.start()
+        if bench.emulator is not None:
+            ctx.manifest["radio_frame_log"] = str(bench.frame_log)
 
     def apply(self, ctx: Any, cond: Any) -> None:
-        if len(ctx.testbed.clients) > 1:
-            raise LinkSetupError("radio links carry one client per edge radio for now; use one client node")
+        clients = ctx.clients_for(cond)
+        wuart = [c for c in clients if ctx.testbed.nodes[c].radio is not None
+                 and ctx.testbed.nodes[c].radio.protocol == "wuart"]
+        if len(clients) > 1 and wuart:
+            raise LinkSetupError(f"condition {cond.name}: {len(clients)} clients on wuart radios "
+                                 f"({', '.join(wuart)}), whose firmware gives the edge no source address; "
+                                 "use spinel radios or clients: 1")
         edge = ctx.testbed.edge
-        facts = ctx.agent(edge, "edge").call("open_receiver", timeout=60, kind=self.name,
-                                             spec=self.bench(ctx).radio_spec(edge))
+        # room for every client's message plus one being closed, whatever the clients
+        spec = self.bench(ctx).radio_spec(edge) | {"max_assemblies": max(32, 2 * len(clients))}
+        facts = ctx.agent(edge, "edge").call("open_receiver", timeout=60, kind=self.name, spec=spec)
         ctx.state["radio_edge_facts"] = facts
         self.open_client_links(ctx, cond)
 
     def verify(self, ctx: Any, cond: Any) -> dict:
-        return {"edge_radio": ctx.state.get("radio_edge_facts")}
+        return {"edge_radio": ctx.state.get("radio_edge_facts"),
+                "client_short_addrs": {c: client_short_addr(ctx.testbed.clients.index(c))
+                                       for c in ctx.clients_for(cond)}}
 
     def client_spec(self, ctx: Any, cond: Any, client: str, index: int) -> dict:
+        # the address comes from the client's place in the testbed, not in this condition's list,
+        # so it never changes between conditions
         return super().client_spec(ctx, cond, client, index) | {"radio": self.bench(ctx).radio_spec(client),
-                                                                 "client_index": index}
+                                                                 "client_index": ctx.testbed.clients.index(client)}
 
     def clear(self, ctx: Any) -> None:
         try:
@@ -117,6 +141,7 @@ class RadioKind(LinkKind):
         import threading
 
         from hilbed.firmware_bridge import MessageReceiver, open_radio
+        from hilbed.firmware_bridge.message import ReceiverLimits
         radio = open_radio(spec["protocol"], spec["port"], baud=spec.get("baud"), rtscts=spec.get("rtscts"))
         facts = {"protocol": spec["protocol"], "port": spec["port"]}
         if spec["protocol"] == "spinel":
@@ -124,7 +149,8 @@ class RadioKind(LinkKind):
                             pan_id=spec.get("pan_id", 0xABCD), short_addr=EDGE_SHORT_ADDR)
             facts["ncp_version"] = radio.ncp_version()
         self._radio = radio
-        self._receiver = MessageReceiver(radio)
+        limits = ReceiverLimits(max_assemblies=int(spec.get("max_assemblies", 32)))
+        self._receiver = MessageReceiver(radio, limits=limits)
         self._stop = threading.Event()
         threading.Thread(target=self._receive, args=(edge,), daemon=True, name="edge-radio").start()
         return facts
