@@ -183,6 +183,9 @@ class ClientAgent(Agent):
                 "packets_sent": rep.packets_sent, "packets_lost": rep.packets_lost, "tx_aborted": rep.aborted,
                 "retries": getattr(rep, "retries", 0), "cca_failures": getattr(rep, "cca_failures", 0),
                 "chunk_times_ns": rep.chunk_times_ns,
+                # what an adaptive codec decided for this image (AdaCompress's state and quality)
+                "codec_state": _text_or_none(encoded.meta.get("state")),
+                "codec_quality": _int_or_none(encoded.meta.get("quality")),
             }
             if self.meter is not None:
                 energy = (cpu1 - cpu0, {"kind": self.link.kind, "rate_kbps": self.link_rate_kbps,
@@ -226,6 +229,14 @@ class ClientAgent(Agent):
                 self.link.close()
             except OSError:
                 pass
+
+
+def _text_or_none(v: object) -> str | None:
+    return None if v is None else str(v)
+
+
+def _int_or_none(v: object) -> int | None:
+    return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 if __name__ == "__main__":

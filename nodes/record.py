@@ -83,6 +83,9 @@ FIELDS: dict[str, tuple[str, str]] = {
     "power_flagged": ("int64", "implausible samples (negative, above the meter's range) left out of the energy"),
     "power_idle_mw": ("float64", "the client's idle power measured before the condition (power_baseline), mW"),
     "power_meter": ("string", "meter kind (emulated | ina219 | ina226 | ppk2; '+kind' for a radio meter); null: none"),
+    "codec_state": ("string", "an adaptive codec's state when it encoded the image (AdaCompress: its state machine's "
+                              "state); null for fixed codecs"),
+    "codec_quality": ("int32", "the quality an adaptive codec chose for the image (AdaCompress); null otherwise"),
     "close_reason": ("string", "end | aborted | deadline | disconnect | superseded | unsent | header_lost | rejected"),
     "error": ("string", "error text when the image produced no reply"),
 }
@@ -149,6 +152,7 @@ def make_record(raw: dict, *, run_id: str, scenario: str, trial_id: str, codec: 
         "client_clock_offset_ns": c_ns, "edge_clock_offset_ns": e_ns,
         "clock_uncertainty_ns": client_offset["uncertainty_ns"] + edge_offset["uncertainty_ns"],
         **{k: raw.get(k) for k in ENERGY_KEYS},
+        "codec_state": raw.get("codec_state"), "codec_quality": raw.get("codec_quality"),
         "close_reason": raw.get("close"), "error": raw.get("error"),
     }
     unknown = set(rec) - set(FIELDS)
