@@ -35,7 +35,7 @@ class Agent:
 
     name = "agent"
     #: ops answered on the reader thread (must be quick), e.g. the clock probe
-    inline_ops = frozenset({"clock", "ping"})
+    inline_ops = frozenset({"clock", "ping", "medium"})
 
     def __init__(self) -> None:
         self._out_lock = threading.Lock()
@@ -93,6 +93,17 @@ class Agent:
         """How busy this node is now (for the manifest's before/after facts)."""
         from hilbed.nodes.hostload import host_load
         return host_load()
+
+    def op_medium(self, load: float, mbps: float, level: str | None = None, t_start: float | None = None,
+                  t_end: float | None = None, path: str | None = None) -> dict:
+        """The jammer's measured load, relayed by the controller: written into this node's medium file, which
+        its shaped links read (the jammer runs on another machine). ``t_start``/``t_end``: the measurement
+        window in this node's clock; the reply says how old the measurement was when it arrived."""
+        from hilbed.nodes.link.medium import node_medium_path, write_medium
+        p = path or str(node_medium_path())
+        now = time.time()
+        write_medium(p, load, mbps, t=now, level=level, relayed=True, t_window_end=t_end)
+        return {"path": p, "age_s": None if t_end is None else round(now - float(t_end), 4)}
 
     def op_shutdown(self) -> dict:
         threading.Thread(target=self._exit, args=(0,), daemon=True).start()

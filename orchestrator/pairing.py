@@ -6,7 +6,9 @@ module catches what only the pair shows, before anything starts, as a
 testbed without a jammer, a radio link where a node has no radio, kernel
 shaping without an interface, and jamming of a link whose capacity would
 not follow the jammer's measured load (the run would label images as jammed
-that were sent at full capacity).
+that were sent at full capacity). Trace links follow it on any machine: the
+controller relays the jammer's measured load to remote clients
+(:class:`hilbed.orchestrator.run.conditions.MediumRelay`).
 """
 
 from __future__ import annotations
@@ -101,13 +103,6 @@ def check_pair(testbed: Any, scenario: Any, testbed_path: str = "the testbed") -
                              "run on this machine, where the jammer's traffic does not reach it: its images would "
                              "be labelled jammed while sent at full capacity",
                              "use a trace or radio link for jamming on the embedded testbed, or jamming: none")
-        if kind == "trace":
-            remote = [n for n in testbed.clients if not _local(testbed, n)]
-            if remote or remote_jammers:
-                raise _error(scenario, jloc, f"condition {cond.name}: trace links follow the jammer's load through "
-                             f"the medium file on this machine; {', '.join(remote + remote_jammers)} run elsewhere",
-                             "run the jammer and the trace-link clients on the controller's machine, or use "
-                             "real radios for jamming in a lab")
         if kind == "radio":
             emulated = [n for n in [*testbed.clients, edge] if testbed.nodes[n].radio.port == "emulated"]
             if emulated and remote_jammers:

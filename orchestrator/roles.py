@@ -81,7 +81,10 @@ def _prepare_edge(ctx: Any, node: str) -> None:
     edge = ctx.agent(node, "edge")
     cfg = ctx.testbed.nodes[node]
     wl = ctx.scenario.workload
-    ctx.manifest["model"] = edge.call("load", timeout=900, model=wl.model, device=cfg.device, size=wl.image_size)
+    spec = _edge_model_spec(ctx, node)
+    ctx.manifest["model"] = edge.call("load", timeout=900, model=spec, device=cfg.device, size=wl.image_size)
+    if spec != wl.model and isinstance(ctx.manifest["model"], dict):  # the scenario's model, read from a pushed copy
+        ctx.manifest["model"].update(model=wl.model, loaded_from=spec)
     if ctx.all_local:  # codecs that fit on first use (GRACE, AutoJPEG, AdaCompress) fit now, not inside a trial
         from hilbed.nodes.codecs import codec_class
         for cc in ctx.scenario.codecs:
@@ -91,6 +94,14 @@ def _prepare_edge(ctx: Any, node: str) -> None:
     host = "127.0.0.1" if ctx.all_local else cfg.address
     ctx.edge_port = edge.call("listen", host=host, port=ctx.edge_port or cfg.edge_port, secret=ctx.secret,
                               limits=_edge_limits(ctx.scenario))["port"]
+
+
+def _edge_model_spec(ctx: Any, node: str) -> str:
+    """The scenario's model as the edge should load it: on an SSH edge from the weights provisioning pushed
+    (so it never trains the default model itself), else as written."""
+    if not hasattr(ctx, "files") or not hasattr(ctx, "store"):
+        return ctx.scenario.workload.model
+    return ctx.files.model_spec(node)
 
 
 def _edge_limits(scenario: Any) -> dict:

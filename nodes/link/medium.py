@@ -10,6 +10,10 @@ proportion: effective capacity = trace capacity x (1 - load).
 
 A missing, unreadable or stale file (older than ``stale_s``; a jammer that
 died can no longer refresh it) reads as load 0.
+
+On another machine than the jammer's the file is the node's own: the
+controller relays each measured load to the node's agent (``op_medium``),
+which writes it here with ``relayed: true`` and the measurement window's end.
 """
 
 from __future__ import annotations
@@ -31,6 +35,16 @@ MEDIUM_ENV = "HILBED_MEDIUM_FILE"
 NOMINAL_CHANNEL_MBPS = 20.0
 #: a medium file older than this reads as an idle medium
 DEFAULT_STALE_S = 5.0
+
+
+def node_medium_path() -> Path:
+    """This node's medium file: ``HILBED_MEDIUM_FILE`` as the controller set it, else a file of this run
+    under the temp directory (an agent started without it still has one place its link and the relay share)."""
+    env = os.environ.get(MEDIUM_ENV)
+    if env:
+        return Path(env)
+    return Path(tempfile.gettempdir()) / f"hilbed-medium-{os.getuid()}" / (os.environ.get("HILBED_RUN_ID") or
+                                                                          "run") / "medium.json"
 
 
 def write_medium(path: str | Path, load: float, mbps: float, t: float | None = None, **extra) -> None:

@@ -26,7 +26,14 @@ def cmd_provision(args) -> int:
     from hilbed.orchestrator.lab.provision import ProvisionError, provision, render_report, scenario_assets
     con = console(args)
     tb = _testbed(args)
-    assets = scenario_assets(args.scenarios or [])
+    try:  # the default model is trained here once (cached), not on each edge on its first run
+        if args.scenarios:
+            con.print("[dim]preparing the scenarios' files (traces, codec artifacts, model weights)...[/]")
+        assets = scenario_assets(args.scenarios or [])
+    except Exception as exc:
+        print(f"hilbed: cannot prepare the files of {', '.join(args.scenarios or [])}: "
+              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 2
     nodes = [n for part in (args.nodes or []) for n in part.split(",") if n]
     try:
         rep = provision(tb, nodes=nodes or None, assets=assets, pip_args=args.pip_arg, force=args.force,
@@ -66,13 +73,29 @@ def _health_lines(tb, checks, before: dict, after: dict) -> list[str]:
     return out
 
 
+def _scenario_assets(tb, args):
+    """With ``--scenario``: node -> the pushed files it must have, and the command that pushes them."""
+    from hilbed.orchestrator.lab.check import PROVISION_FIX
+    if not getattr(args, "scenarios", None):
+        return None, PROVISION_FIX
+    from hilbed.orchestrator.config import load_scenario
+    from hilbed.orchestrator.lab.provision import assets_of
+    found = [a for sp in args.scenarios for a in assets_of(load_scenario(sp))]
+    out = {n: [a for a in found if a.for_roles(c.roles)] for n, c in tb.nodes.items() if c.transport.kind == "ssh"}
+    fix = f"hilbed provision --testbed {args.testbed or 'testbed.yaml'} " + \
+        " ".join(f"--scenario {s}" for s in args.scenarios)
+    return out, fix
+
+
 def _check_round(tb, args, nodes):
     from hilbed.orchestrator.lab import health
     from hilbed.orchestrator.lab.check import check_testbed
     n = args.bad_after or health.bad_after()
     names = nodes or list(tb.nodes)
     before = health.status(tb, n, names)
-    checks = check_testbed(tb, clock=not args.no_clock, deep=args.deep, nodes=nodes or None)
+    assets, fix = _scenario_assets(tb, args)
+    checks = check_testbed(tb, clock=not args.no_clock, deep=args.deep, nodes=nodes or None, assets=assets,
+                           provision_fix=fix)
     if not args.no_record:
         health.record(checks, tb, source="watch" if args.watch else "check")
     after = health.status(tb, n, names)
@@ -154,7 +177,8 @@ def register(sub) -> None:
     p = sub.add_parser("provision", help="install this hilbed on every SSH node (idempotent, parallel)")
     p.add_argument("--testbed", "-t", default=None, help="testbed YAML (default testbed.yaml)")
     p.add_argument("--scenario", "-s", action="append", default=None, dest="scenarios",
-                   help="also push this scenario's traces and codec artifacts (repeatable)")
+                   help="also push this scenario's traces, codec artifacts and model weights (the default "
+                        "model is trained here once) (repeatable)")
     p.add_argument("--nodes", "-n", action="append", default=None, help="only these nodes (comma-separated)")
     p.add_argument("--force", action="store_true", help="reinstall even where the node is up to date")
     p.add_argument("--pip-arg", action="append", default=[],
@@ -171,6 +195,8 @@ def register(sub) -> None:
     c.add_argument("--nodes", "-n", action="append", default=None, help="only these nodes (comma-separated)")
     c.add_argument("--no-clock", action="store_true", help="skip the clock-offset probe")
     c.add_argument("--deep", action="store_true", help="check CUDA through torch on the edge even for device: auto")
+    c.add_argument("--scenario", "-s", action="append", default=None, dest="scenarios",
+                   help="also check every node holds this scenario's pushed files with the right hash (repeatable)")
     add_json_flag(c, "print the result as JSON on stdout (nothing else goes to stdout); with --watch one "
                      "JSON document per line and round")
     c.add_argument("--watch", type=float, default=None, metavar="SECONDS",

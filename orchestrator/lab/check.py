@@ -24,8 +24,10 @@ from hilbed.orchestrator.lab.transport import AgentHandle, Transport, clock_prob
 from hilbed.orchestrator.roles import CHECK_GPU, CHECK_IPERF3, ROLES
 from hilbed.orchestrator.ui import make_console
 
-COLUMNS = ("reachable", "provisioned", "python", "disk", "serial", "firmware", "iperf3", "gpu", "rt prio", "clock",
-           "uptime")
+COLUMNS = ("reachable", "provisioned", "assets", "python", "disk", "serial", "firmware", "iperf3", "gpu", "rt prio",
+           "clock", "uptime")
+#: the fix a missing or changed asset names when the caller did not say which scenario needs it
+PROVISION_FIX = "hilbed provision --testbed TESTBED --scenario SCENARIO"
 MIN_PYTHON = (3, 10)
 DISK_FAIL_BYTES = 200 * 2**20
 DISK_WARN_BYTES = 1 * 2**30
@@ -107,8 +109,12 @@ def _fmt_ns(ns: int) -> str:
 
 def check_node(node: str, cfg: Any, t: Transport | None, *, clock: bool = True, deep: bool = False,
                need_radio: bool = True, need_jammer: bool = True, source_hash: str | None = None,
-               log_dir: Path | None = None, make=None, reach: Any = None) -> NodeCheck:
+               log_dir: Path | None = None, make=None, reach: Any = None, assets: list | None = None,
+               provision_fix: str = PROVISION_FIX) -> NodeCheck:
     """Check one node; never raises (problems become failed items).
+
+    ``assets``: the pushed files (:class:`hilbed.orchestrator.lab.provision.Asset`) this node must have for a
+    scenario; each is hashed on the node and a missing or changed one fails with ``provision_fix``.
 
     ``reach``: the result (or exception) of ``uname -n`` run on the node already, e.g. by
     :func:`hilbed.orchestrator.lab.ssh.group_run` for many nodes at once.
@@ -176,6 +182,8 @@ def check_node(node: str, cfg: Any, t: Transport | None, *, clock: bool = True, 
         if handle is not None:
             handle.close(timeout=5)
     _judge(nc, cfg, facts, source_hash=source_hash, need_radio=need_radio, need_jammer=need_jammer)
+    if assets and tkind == "ssh":
+        check_assets(nc, t, wd, assets, provision_fix)
     if radio is not None and need_radio:  # the radio's firmware identity against radio.firmware
         from hilbed.orchestrator.lab.flash import firmware_check
         fw = firmware_check(t, radio, node)
@@ -261,11 +269,40 @@ def _judge(nc: NodeCheck, cfg: Any, facts: dict, *, source_hash: str | None, nee
         nc.set("uptime", st, _fmt_duration(up) + note, fix)
 
 
+def check_assets(nc: NodeCheck, t: Transport, workdir: str, assets: list, fix: str = PROVISION_FIX) -> set[str]:
+    """Hash every asset on the node (one command); a missing or changed one fails the node with the
+    provisioning command as the fix (an optional one, the model, only warns: the edge then makes it itself).
+    Returns the sha256 of the assets found intact; ``nc.facts["assets"]`` keeps them too."""
+    from hilbed.orchestrator.run.assets import hash_on_node
+    try:
+        got = hash_on_node(t, workdir, [a.remote for a in assets])
+    except Exception as exc:
+        nc.set("assets", "fail", "not checked", f"run `{fix}`", f"cannot hash the pushed files: {exc}")
+        return set()
+    ok = {a.sha256 for a in assets if got.get(a.remote) == a.sha256}
+    nc.facts["assets"] = sorted(ok)
+    bad = [a for a in assets if a.sha256 not in ok]
+    if not bad:
+        nc.set("assets", "ok", f"{len(assets)} ok")
+        return ok
+    words = [f"{a.what} ({a.name}) {'missing' if got.get(a.remote) is None else 'changed'} at "
+             f"{workdir.rstrip('/')}/{a.remote}" for a in bad]
+    required = [a for a in bad if not a.optional]
+    if required:
+        nc.set("assets", "fail", f"{len(bad)} of {len(assets)} missing", f"run `{fix}`", "; ".join(words))
+    else:
+        nc.set("assets", "warn", f"{len(bad)} not pushed", f"`{fix}` pushes it; meanwhile the node makes it itself",
+               "; ".join(words))
+    return ok
+
+
 def check_testbed(testbed: Any, transports: dict[str, Transport] | None = None, *, clock: bool = True,
                   deep: bool = False, need_radio: bool = True, need_jammer: bool = True,
-                  nodes: Iterable[str] | None = None, log_dir: Path | None = None, jobs: int = 16) -> list[NodeCheck]:
+                  nodes: Iterable[str] | None = None, log_dir: Path | None = None, jobs: int = 16,
+                  assets: dict[str, list] | None = None, provision_fix: str = PROVISION_FIX) -> list[NodeCheck]:
     """Check every node in parallel. Transports given are used (and left open); missing ones are
-    created, stored into ``transports`` when it is a dict, else closed afterwards."""
+    created, stored into ``transports`` when it is a dict, else closed afterwards. ``assets``: node -> the
+    pushed files it must have (see :func:`check_assets`)."""
     from hilbed.orchestrator.lab.connect import make_transport
     from hilbed.orchestrator.lab.provision import source_hash
     names = list(nodes) if nodes else list(testbed.nodes)
@@ -288,7 +325,8 @@ def check_testbed(testbed: Any, transports: dict[str, Transport] | None = None, 
 
     def one(n: str) -> NodeCheck:
         return check_node(n, testbed.nodes[n], trs.get(n), clock=clock, deep=deep, need_radio=need_radio,
-                          need_jammer=need_jammer, source_hash=sh, log_dir=log_dir, make=make, reach=reach.get(n))
+                          need_jammer=need_jammer, source_hash=sh, log_dir=log_dir, make=make, reach=reach.get(n),
+                          assets=(assets or {}).get(n), provision_fix=provision_fix)
 
     try:
         ssh_nodes = [n for n in names if testbed.nodes[n].transport.kind == "ssh"]

@@ -72,8 +72,16 @@ def node_key(testbed: Any, node: str) -> str:
     return f"local:{testbed.name}/{node}"
 
 
+#: check items about what a scenario needs pushed, not about the node: they never count towards "bad"
+SCENARIO_ITEMS = ("assets",)
+
+
+def _health_failures(nc: Any) -> list:
+    return [(k, v) for k, v in nc.failures if k not in SCENARIO_ITEMS]
+
+
 def _failure_text(nc: Any) -> str:
-    return "; ".join(f"{k}: {v.text}" for k, v in nc.failures)
+    return "; ".join(f"{k}: {v.text}" for k, v in _health_failures(nc))
 
 
 def record(checks: Iterable[Any], testbed: Any, source: str = "check") -> list[dict]:
@@ -82,8 +90,9 @@ def record(checks: Iterable[Any], testbed: Any, source: str = "check") -> list[d
     lines = []
     for nc in checks:
         lines.append({"t": round(at, 3), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)),
-                      "testbed": testbed.name, "node": nc.node, "key": node_key(testbed, nc.node), "ok": nc.ok,
-                      "failed": [k for k, _ in nc.failures], "problem": _failure_text(nc), "source": source})
+                      "testbed": testbed.name, "node": nc.node, "key": node_key(testbed, nc.node),
+                      "ok": not _health_failures(nc), "failed": [k for k, _ in _health_failures(nc)],
+                      "problem": _failure_text(nc), "source": source})
     if not lines:
         return lines
     p = history_path()

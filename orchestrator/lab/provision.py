@@ -154,56 +154,166 @@ def build_wheel(root: Path = REPO_ROOT, cache: Path | None = None, force: bool =
 
 @dataclass(frozen=True)
 class Asset:
-    """A file or a codec-artifact directory to push, named by its content hash."""
+    """A file or a codec-artifact directory to push, named by its content hash.
+
+    ``roles``: the node roles that read it (empty: every node), so an edge gets the model and a client the
+    traces, not each other's files. ``what`` says what it is in check failures ("trace of condition x").
+    """
     name: str
     local: Path
     sha256: str
     kind: str = "file"  # file | artifact
+    roles: tuple[str, ...] = ()
+    what: str = ""
+    #: a node without it can still run, only slower (the model: the edge then trains or fetches it itself)
+    optional: bool = False
 
     @property
     def remote(self) -> str:
+        """Where it lands, relative to the node's workdir."""
         if self.kind == "artifact":
             return f"artifacts/{self.name}"
         return f"assets/{self.sha256[:16]}/{self.name}"
 
+    def for_roles(self, roles: Iterable[str]) -> bool:
+        return not self.roles or bool(set(self.roles) & set(roles))
 
-def file_asset(path: Path) -> Asset:
+
+_HASHES: dict[tuple, str] = {}
+
+
+def _sha256(path: Path) -> str:
+    """A file's sha256, cached by (path, size, mtime): runs map the same traces many times."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def file_asset(path: Path, roles: Iterable[str] = (), what: str = "") -> Asset:
     path = Path(path)
-    return Asset(path.name, path, hashlib.sha256(path.read_bytes()).hexdigest())
+    return Asset(path.name, path, _sha256(path), roles=tuple(roles), what=what or path.name)
 
 
-def artifact_asset(path: Path) -> Asset:
+def artifact_asset(path: Path, roles: Iterable[str] = (), what: str = "") -> Asset:
     """A codec artifact directory ``<kind>-<sha12>``: its name is already its content id."""
     h = hashlib.sha256()
     for p in sorted(Path(path).rglob("*")):
         if p.is_file():
             h.update(str(p.relative_to(path)).encode() + b"\0" + hashlib.sha256(p.read_bytes()).digest())
-    return Asset(Path(path).name, Path(path), h.hexdigest(), "artifact")
+    return Asset(Path(path).name, Path(path), h.hexdigest(), "artifact", tuple(roles), what or Path(path).name)
 
 
-def scenario_assets(scenario_paths: Iterable[str | Path]) -> list[Asset]:
-    """Trace files a scenario names and codec artifacts its codec params refer to."""
-    from hilbed.orchestrator.config import load_scenario
+#: link kinds whose traces the controller reads itself (kernel shaping): nothing to push for them
+CONTROLLER_TRACE_KINDS = ("tc",)
+ARTIFACT_ID = re.compile(r"[a-z0-9_.+-]+-[0-9a-f]{12}")
+
+
+def trace_assets(scenario: Any) -> dict[tuple[str, str], Asset]:
+    """(condition, "trace" | "downlink_trace") -> the trace file a client's shaper reads."""
+    out: dict[tuple[str, str], Asset] = {}
+    for cond in scenario.conditions:
+        if cond.link.kind in CONTROLLER_TRACE_KINDS:
+            continue
+        for attr in ("trace", "downlink_trace"):
+            p = getattr(cond.link, attr, None)
+            if p:
+                out[(cond.name, attr)] = file_asset(Path(p), ("client",), f"{attr} of condition {cond.name}")
+    return out
+
+
+def artifact_assets(scenario: Any) -> list[Asset]:
+    """Codec artifacts the scenario's codec params name (clients encode, the edge decodes)."""
     try:
         from hilbed.nodes.codecs.artifacts import default_root
         art_root = default_root()
     except ImportError:
         art_root = cache_root() / "artifacts"
-    out: dict[str, Asset] = {}
+    out = []
+    for c in scenario.codecs:
+        for v in _strings(c.params):
+            cand = art_root / v
+            if ARTIFACT_ID.fullmatch(v) and cand.is_dir():
+                out.append(artifact_asset(cand, ("client", "edge"), f"artifact {v} of codec {c.display}"))
+    return out
+
+
+def model_file(spec: str, size: int, *, prepare: bool = False) -> Path | None:
+    """The controller's weights file for a model spec, where the edge should get it pushed.
+
+    ``synthetic-cnn``: the cached trained model (trained here first when ``prepare``); ``cifar-resnet:NAME``:
+    the catalog's file (fetched when ``prepare``); ``cifar-resnet:``/``torchscript:``/``onnx:`` absolute paths
+    and ``torchvision:NAME@/abs/file``. None where the node finds the model itself (a relative path is the
+    node's own, relative to its workdir; code-built models).
+    """
+    prefix, _, arg = spec.partition(":")
+    if prefix == "synthetic-cnn" and not arg:
+        from hilbed.orchestrator.run.inputs import _synthetic_cnn_key
+        path = cache_root() / "models" / f"synthetic-cnn-{_synthetic_cnn_key(size)}.pt"
+        if not path.is_file() and prepare:
+            from hilbed.nodes.workload.models import TrainConfig, synthetic_cnn
+            synthetic_cnn(TrainConfig(size=size))  # trained once on the controller, then cached
+        return path if path.is_file() else None
+    if prefix == "cifar-resnet":
+        from hilbed.nodes.workload.catalog import CATALOG, weights_path
+        if arg in CATALOG:
+            if prepare:
+                return weights_path(arg)
+            found = CATALOG[arg].locate()
+            return found[1] if found and found[1].is_file() else None
+    if prefix == "torchvision":
+        arg = arg.partition("@")[2]
+    elif prefix not in ("cifar-resnet", "torchscript", "onnx"):
+        return None
+    p = Path(arg).expanduser() if arg else None
+    return p if p is not None and p.is_absolute() and p.is_file() else None
+
+
+def node_model_spec(spec: str, node_path: str) -> str:
+    """``spec`` with its weights file replaced by where the node has the pushed copy."""
+    prefix, _, arg = spec.partition(":")
+    if prefix == "torchvision":
+        return f"torchvision:{arg.partition('@')[0]}@{node_path}"
+    return f"{prefix}:{node_path}"
+
+
+def model_asset(spec: str, size: int, *, prepare: bool = False) -> Asset | None:
+    path = model_file(spec, size, prepare=prepare)
+    if path is None:
+        return None
+    a = file_asset(path, ("edge",), f"model {spec}")
+    return Asset(a.name, a.local, a.sha256, a.kind, a.roles, a.what, optional=True)
+
+
+def assets_of(scenario: Any, *, prepare_model: bool = False) -> list[Asset]:
+    """Everything nodes read of a loaded scenario: traces, codec artifacts, the model's weights."""
+    out: dict[tuple, Asset] = {}
+    found = [*trace_assets(scenario).values(), *artifact_assets(scenario)]
+    m = model_asset(scenario.workload.model, scenario.workload.image_size, prepare=prepare_model)
+    if m is not None:
+        found.append(m)
+    for a in found:
+        key = (a.sha256, a.name)
+        if key in out:  # one file used twice: pushed once, to every role that reads it
+            a = Asset(a.name, a.local, a.sha256, a.kind, tuple(sorted(set(out[key].roles) | set(a.roles))),
+                      out[key].what, out[key].optional and a.optional)
+        out[key] = a
+    return list(out.values())
+
+
+def scenario_assets(scenario_paths: Iterable[str | Path], prepare_model: bool = True) -> list[Asset]:
+    """Trace files the scenarios name, codec artifacts their codec params refer to and their model's weights
+    (the default model is trained here once, so no edge trains it on its first run)."""
+    from hilbed.orchestrator.config import load_scenario
+    out: dict[tuple, Asset] = {}
     for sp in scenario_paths:
-        sc = load_scenario(sp)
-        for cond in sc.conditions:
-            for attr in ("trace", "downlink_trace"):
-                p = getattr(cond.link, attr)
-                if p:
-                    a = file_asset(Path(p))
-                    out[a.sha256 + a.name] = a
-        for c in sc.codecs:
-            for v in _strings(c.params):
-                cand = art_root / v
-                if re.fullmatch(r"[a-z0-9_.+-]+-[0-9a-f]{12}", v) and cand.is_dir():
-                    a = artifact_asset(cand)
-                    out[a.sha256 + a.name] = a
+        for a in assets_of(load_scenario(sp), prepare_model=prepare_model):
+            out.setdefault((a.sha256, a.name, a.roles), a)
     return list(out.values())
 
 
@@ -393,8 +503,8 @@ def provision(testbed: Any, transports: dict[str, Transport] | None = None, *, n
                     t = own[n] = make_transport(n, cfg)
                 except Exception as exc:
                     return NodeResult(n, "failed", error=str(exc))
-            res = provision_node(n, cfg, t, wheel, list(assets or []), pip_args=pip_args, force=force,
-                                 installer=installer)
+            mine = [a for a in assets or [] if a.for_roles(cfg.roles)]
+            res = provision_node(n, cfg, t, wheel, mine, pip_args=pip_args, force=force, installer=installer)
         if on_result:
             on_result(res)
         return res

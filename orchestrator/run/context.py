@@ -61,6 +61,18 @@ class RunContext:
         """The client nodes streaming in ``cond`` (its first N clients; see ``ScenarioCfg.n_clients``)."""
         return self.testbed.clients[:self.scenario.n_clients(cond, self.testbed)]
 
+    @property
+    def files(self) -> Any:
+        """Where controller files are on each node (:class:`~hilbed.orchestrator.run.assets.NodeFiles`):
+        link kinds and roles ask this instead of importing the run layer."""
+        from hilbed.orchestrator.run.assets import node_files
+        return node_files(self)
+
+    def medium_reader(self, node: str, role: str) -> str:
+        """The medium file ``node``'s ``role`` agent follows in this condition, registered with the relay."""
+        from hilbed.orchestrator.run.assets import medium_reader
+        return medium_reader(self, node, role)
+
     def is_local(self, node: str) -> bool:
         return self.testbed.nodes[node].transport.kind == "local"
 
@@ -73,9 +85,15 @@ class RunContext:
         """The medium file when a jammer runs on this machine (the embedded testbed), else None."""
         return self.medium_file if any(self.is_local(n) for n in self.testbed.jammers) else None
 
-    def agent_env(self) -> dict[str, str]:
-        """Environment every agent gets (plug-ins too, so a plug-in kind's client and edge sides exist there)."""
-        env = {"HILBED_MEDIUM_FILE": str(self.medium_file), "HILBED_RUN_ID": self.store.run_id}
+    def agent_env(self, node: str | None = None) -> dict[str, str]:
+        """Environment every agent gets (plug-ins too, so a plug-in kind's client and edge sides exist there).
+
+        The medium file is the run's one file here for local agents; an agent on another machine gets a file
+        of its own node (the controller relays the jammer's load into it: :class:`MediumRelay`)."""
+        medium = str(self.medium_file)
+        if node is not None and not self.is_local(node):
+            medium = self.files.medium_file(node)
+        env = {"HILBED_MEDIUM_FILE": medium, "HILBED_RUN_ID": self.store.run_id}
         if os.environ.get(PLUGINS_ENV):
             env[PLUGINS_ENV] = os.environ[PLUGINS_ENV]
         return env
@@ -105,7 +123,7 @@ class RunContext:
             except Exception:
                 pass
         proc = self.transport(node).start_agent(role_of(role).agent_module, [], self.store.logs / f"{node}-{role}.log",
-                                                env=self.agent_env())
+                                                env=self.agent_env(node))
         h = AgentHandle(node, role, proc, self.on_event)
         self.handles[(node, role)] = h
         return h

@@ -1,4 +1,7 @@
-"""The check before every run: refuse to start while a node fails its checks (nothing runs yet)."""
+"""The check before every run: refuse to start while a node fails its checks (nothing runs yet).
+
+SSH nodes must also hold every file the scenario makes them read (traces, codec artifacts; the model's
+weights are wanted but optional), pushed by ``hilbed provision --scenario`` and hashed on the node here."""
 
 from __future__ import annotations
 
@@ -6,7 +9,16 @@ from hilbed.nodes.events import RunEvent
 from hilbed.orchestrator.errors import RunError
 from hilbed.orchestrator.lab import health
 from hilbed.orchestrator.lab.check import NodeCheck, check_testbed, render_checks
+from hilbed.orchestrator.run.assets import node_files
 from hilbed.orchestrator.run.context import RunContext
+
+
+def provision_command(ctx: RunContext) -> str:
+    """The command that pushes what this run's nodes need."""
+    from hilbed.orchestrator.lab.ssh import _local_shell_path
+    tb = (ctx.manifest.get("testbed") or {}).get("path") or "TESTBED"
+    sc = (ctx.manifest.get("scenario") or {}).get("path") or "SCENARIO"
+    return f"hilbed provision --testbed {_local_shell_path(tb)} --scenario {_local_shell_path(sc)}"
 
 
 def preflight(ctx: RunContext) -> list[NodeCheck]:
@@ -15,8 +27,12 @@ def preflight(ctx: RunContext) -> list[NodeCheck]:
     sc = ctx.scenario
     need_radio = any(c.link.kind == "radio" for c in sc.conditions)
     need_jammer = any(c.jamming != "none" for c in sc.conditions)
+    files = node_files(ctx)
+    assets = {n: files.needed(n) for n in ctx.testbed.nodes if files.is_remote(n)}
+    fix = provision_command(ctx)
     checks = check_testbed(ctx.testbed, ctx.transports, clock=False, need_radio=need_radio,
-                           need_jammer=need_jammer, log_dir=ctx.store.logs)
+                           need_jammer=need_jammer, log_dir=ctx.store.logs, assets=assets, provision_fix=fix)
+    ctx.state["assets_checked"] = {nc.node: set(nc.facts.get("assets", [])) for nc in checks if assets.get(nc.node)}
     health.record(checks, ctx.testbed, source=f"run {ctx.store.run_id}")
     ctx.manifest["node_checks"] = {nc.node: nc.to_dict() for nc in checks}
     ctx.write_manifest()

@@ -52,7 +52,6 @@ def _testbed(tmp_path, text: str):
     ("{kind: direct}", "heavy", LOCAL.replace("JAMMER", "  jam-1: {roles: [jammer]}"), "where the jammer's traffic does not reach it"),
     ("{kind: radio}", "none", LOCAL.replace("JAMMER", ""), "a radio link needs a radio on client-1, edge-1"),
     ("{kind: tc, rate_kbps: 250}", "none", LOCAL.replace("JAMMER", ""), "needs the network interface"),
-    ("{kind: trace, rate_kbps: 250}", "heavy", SSH, "client-1, jam-1 run elsewhere"),
 ])
 def test_conditions_the_testbed_cannot_apply_are_errors_with_a_line(tmp_path, link, jamming, testbed, message):
     sc = _scenario(tmp_path, link, jamming)
@@ -68,6 +67,7 @@ def test_an_applicable_pair_passes(tmp_path, repo):
     check_pair(load_testbed(repo / "testbed.yaml"), load_scenario(repo / "scenarios" / "jamming.yaml"))
     sc = _scenario(tmp_path, "{kind: trace, rate_kbps: 250}", "heavy")
     check_pair(_testbed(tmp_path, LOCAL.replace("JAMMER", "  jam-1: {roles: [jammer]}")), sc)
+    check_pair(_testbed(tmp_path, SSH), sc)  # remote clients and jammer: the controller relays the load
 
 
 def test_run_refuses_before_creating_anything(tmp_path, capsys):

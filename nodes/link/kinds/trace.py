@@ -1,8 +1,10 @@
 """``trace``: the client's own user-space shaper, from a constant rate, a CSV rate schedule or a Mahimahi trace.
 
-On local clients the controller adds a Mahimahi link log in the run's logs
-and, when a jammer shares this machine, the medium file the shaper follows
-(capacity x (1 - measured load)).
+The controller hands each client its node's paths (the run context's ``files``): the trace
+files (on an SSH client the copies ``hilbed provision --scenario`` pushed), a Mahimahi link log (in the
+run's logs here; on an SSH client under its workdir, fetched into the run's logs when the condition
+clears) and, when the condition jams, the medium file the shaper follows (capacity x (1 - measured
+load)): the run's file here, the node's own elsewhere, fed by the medium relay.
 """
 
 from __future__ import annotations
@@ -10,6 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from hilbed.nodes.link.kind import LinkKind
+
+#: (node, log name) of link logs written on SSH clients and not fetched yet
+PENDING_LOGS = "trace_logs_pending"
 
 
 class TraceKind(LinkKind):
@@ -19,12 +24,38 @@ class TraceKind(LinkKind):
 
     def client_spec(self, ctx: Any, cond: Any, client: str, index: int) -> dict:
         spec = super().client_spec(ctx, cond, client, index)
-        if ctx.is_local(client):
-            spec["log_path"] = str(ctx.store.logs / f"link-{client}-{cond.name}.log")
-            medium = ctx.local_medium_file()
-            if medium is not None and (cond.jamming != "none" or cond.jamming_schedule):
-                spec["medium_file"] = str(medium)
+        files = ctx.files
+        for attr in ("trace", "downlink_trace"):
+            if spec.get(attr):
+                spec[attr] = files.path(client, spec[attr])
+        name = f"link-{client}-{cond.name}.log"
+        spec["log_path"] = files.log_path(client, name)
+        if files.is_remote(client):
+            pending = ctx.state.setdefault(PENDING_LOGS, [])
+            if (client, name) not in pending:
+                pending.append((client, name))
+        if cond.jamming != "none" or cond.jamming_schedule:
+            spec["medium_file"] = ctx.medium_reader(client, "client")
         return spec
+
+    def clear(self, ctx: Any) -> None:
+        try:
+            super().clear(ctx)  # the clients close their links: their logs are complete
+        finally:
+            self.fetch_logs(ctx)
+
+    def teardown(self, ctx: Any) -> None:
+        self.fetch_logs(ctx)  # whatever a failed clear left behind
+
+    @staticmethod
+    def fetch_logs(ctx: Any) -> None:
+        """Bring the SSH clients' link logs into the run's logs (where the ledger and plots read them)."""
+        files = ctx.files
+        pending = ctx.state.get(PENDING_LOGS) or []
+        while pending:
+            node, name = pending.pop(0)
+            files.fetch(node, name)
+            files.fetch(node, name + ".down", optional=True)
 
     def open_link(self, spec: dict, host: str, port: int, edge_minus_client_ns: int = 0, seed: int = 0) -> Any:
         from hilbed.nodes.link import schedules_for_spec
