@@ -48,6 +48,46 @@ def _add_common(p: argparse.ArgumentParser, fit: bool) -> None:
                    help="torch intra- and inter-op threads, and OMP/MKL_NUM_THREADS for subprocesses (default "
                         "$HILBED_FIT_THREADS or 1: machines are shared)")
     add_json_flag(p, "print a JSON summary on stdout instead of tables (nothing else goes to stdout)")
+    x = p.add_argument_group("executor (docs/scale.md)")
+    x.add_argument("--executor", default="local", choices=("local", "ray"),
+                   help="local: in this process (default); ray: " + ("each fit preset" if fit else
+                        "each (variant, image shard)") + " a Ray task (pip install 'hilbed[ray]')")
+    x.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster to join, e.g. HEAD:6379 (default $RAY_ADDRESS, else a local Ray)")
+    x.add_argument("--ray-cpus", type=float, default=1, metavar="N", help="CPUs each Ray task declares (default 1)")
+    x.add_argument("--ray-gpus", type=float, default=0, metavar="N", help="GPUs each Ray task declares (default 0)")
+    if not fit:
+        x.add_argument("--shard-size", type=int, default=None, metavar="N",
+                       help="images per Ray task (default 500, rounded up to a multiple of --batch); codecs that "
+                            "learn from feedback are never sharded (they must see the images in order)")
+
+
+def _executor_problem(a) -> str | None:
+    """A one-line complaint about the executor options, or None."""
+    if a.executor != "ray":
+        given = [f for f, v in (("--ray-address", a.ray_address), ("--shard-size", getattr(a, "shard_size", None)))
+                 if v is not None]
+        if given:
+            return f"{' and '.join(given)} need --executor ray"
+    if a.ray_cpus < 0 or a.ray_gpus < 0:
+        return "--ray-cpus and --ray-gpus must be >= 0"
+    if getattr(a, "shard_size", None) is not None and a.shard_size < 1:
+        return f"--shard-size must be >= 1 (got {a.shard_size})"
+    return None
+
+
+def _start_executor(a, prog: str):
+    """The executor the options ask for, or None after printing a one-line error."""
+    from hilbed.orchestrator.scale import ExecutorError, make_executor
+    problem = _executor_problem(a)
+    if problem:
+        print(f"{prog}: {problem}", file=sys.stderr)
+        return None
+    try:
+        return make_executor(a.executor, a.ray_address)
+    except ExecutorError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return None
 
 
 def _progress_cb(con, quiet: bool):
@@ -86,17 +126,31 @@ def cmd_fit(args) -> int:
         os.environ["HILBED_ARTIFACTS"] = str(Path(fa.store).resolve())
     from hilbed.nodes.codecs.artifacts import ArtifactStore
     store = ArtifactStore()
+    executor = None
+    if fa.executor != "local" or _executor_problem(fa):
+        executor = _start_executor(fa, f"hilbed fit {args.family}")
+        if executor is None:
+            return 2
     con = _console(fa)
     prog, cb = _progress_cb(con, fa.json)
     fa.progress = cb
     t0 = time.monotonic()
+
+    def fit():
+        if executor is None:
+            return mod.fit_main(fa, store)
+        from hilbed.orchestrator.scale.fit import run_fit
+        with executor:  # each preset a task; its artifacts come back as bytes into this machine's store
+            arts, fa.summary = run_fit(executor, args.family, fa, store, fa.ray_cpus, fa.ray_gpus,
+                                       progress=(lambda d, t: cb(f"{d}/{t} fit task(s) done", d / t)) if cb else None)
+        return arts
     try:
         with _quiet_stdout(fa):
             if prog:
                 with prog:
-                    out = mod.fit_main(fa, store)
+                    out = fit()
             else:
-                out = mod.fit_main(fa, store)
+                out = fit()
     except (ValueError, FileNotFoundError) as exc:
         print(f"hilbed fit {args.family}: {exc}", file=sys.stderr)
         return 2
@@ -166,6 +220,10 @@ def cmd_eval(args) -> int:
     if args.resume and not args.out:
         print("hilbed eval-codecs: --resume needs --out DIR (the directory of the run to resume)", file=sys.stderr)
         return 2
+    problem = _executor_problem(args)
+    if problem:
+        print(f"hilbed eval-codecs: {problem}", file=sys.stderr)
+        return 2
     con = _console(args)
     try:
         variants = E.parse_variants(args.codecs)
@@ -201,10 +259,17 @@ def cmd_eval(args) -> int:
     n_eval = min(args.n, len(ds)) if args.n is not None else len(ds)
     header = {"dataset": dataset_spec(args.dataset), "model": args.model, "n": n_eval, "size": args.size,
               "seed": args.seed, "batch": args.batch, "feedback_batch": args.feedback_batch}
+    executor = None
+    if args.executor != "local":  # before partial.jsonl exists: a cluster that is not there leaves nothing behind
+        executor = _start_executor(args, "hilbed eval-codecs")
+        if executor is None:
+            return 2
     try:
         log = E.PartialLog.open(out_dir, header, args.resume)
     except (ValueError, FileExistsError) as exc:
         print(f"hilbed eval-codecs: {exc}", file=sys.stderr)
+        if executor is not None:
+            executor.close()
         return 2
     if log.done:
         print(f"hilbed eval-codecs: resuming: {len(log.done)} unit(s) already in {log.path}", file=sys.stderr)
@@ -232,7 +297,29 @@ def cmd_eval(args) -> int:
             if plain:
                 plain.advance(k)
         rows = []
-        for v in variants:
+        if executor is not None:
+            from hilbed.orchestrator.scale.sweep import DEFAULT_SHARD, Settings, run_sweep
+            prog.update(total, description=f"{len(variants)} variant(s) on {executor.name}")
+            settings = Settings(args.model, args.device, args.size, args.batch, args.feedback_batch, args.seed,
+                                threads, args.ray_cpus, args.ray_gpus)
+
+            def failed(v, msg: str) -> None:
+                con.print(f"[red]{escape(v.label)}: {escape(msg)}[/red]")
+
+            def finished(v, note: str) -> None:
+                if plain:
+                    plain.finished(v.label, note)
+            try:
+                with executor:  # each (variant, shard) a task; rows come back in the variants' order
+                    done = run_sweep(executor, variants, x, y, settings, shard_size=args.shard_size or DEFAULT_SHARD,
+                                     log=log, prefixes=lambda v: args.prefixes and codec_class(v.codec).progressive,
+                                     progress=advance, on_error=failed, on_unit=finished)
+            except (ValueError, FileNotFoundError) as exc:
+                print(f"hilbed eval-codecs: {exc}", file=sys.stderr)
+                return 2
+            for v, vrows in done:
+                rows += tag(vrows, v)
+        for v in (variants if executor is None else []):
             prog.update(total, description=escape(v.label[:60]))
             key = E.unit_key(v)
             pkey = E.unit_key(v, "prefixes")

@@ -131,6 +131,22 @@ def evaluate_variant(v: Variant, images: np.ndarray, labels: np.ndarray, model, 
     ``seed=None`` keeps the given order. Other codecs go in order (the result
     does not depend on it).
     """
+    return variant_row(v, measure_variant(v, images, labels, model, batch, feedback_batch, progress, seed))
+
+
+# per-image measurements of :func:`measure_variant`, concatenated across shards by :func:`concat_measures`
+PER_IMAGE = ("sent", "hdr", "full_hdr", "enc_s", "correct1", "correct5", "extra_bytes")
+
+
+def measure_variant(v: Variant, images: np.ndarray, labels: np.ndarray, model, batch: int = 64,
+                    feedback_batch: int = 16, progress: Callable[[int], None] | None = None,
+                    seed: int | None = 0) -> dict:
+    """:func:`evaluate_variant`'s per-image measurements (arrays in image order), before averaging.
+
+    Kept apart so that a codec that does not learn from feedback can be
+    evaluated on shards of the images (hilbed.orchestrator.scale.sweep) and
+    the shards concatenated into exactly the row a single pass gives.
+    """
     enc_codec = make_codec(v.codec, v.params)
     dec_codec = make_codec(v.codec, v.params)
     has_fb = enc_codec.learns_from_feedback
@@ -190,18 +206,32 @@ def evaluate_variant(v: Variant, images: np.ndarray, labels: np.ndarray, model, 
                 enc_codec.feedback(images[i], encs[k], result, int(labels[i]))
         if progress:
             progress(len(idx))
+    return {"sent": sent, "hdr": hdr, "full_hdr": full_hdr, "enc_s": enc_s, "correct1": correct1,
+            "correct5": correct5, "extra_bytes": extra_bytes, "failed": failed, "summary": enc_codec.summary()}
+
+
+def concat_measures(parts: list[dict]) -> dict:
+    """Measurements of consecutive shards -> those of the whole (the first summary a shard reports)."""
+    out = {k: np.concatenate([p[k] for p in parts]) for k in PER_IMAGE}
+    out["failed"] = sum(int(p["failed"]) for p in parts)
+    out["summary"] = next((p["summary"] for p in parts if p.get("summary") is not None), None)
+    return out
+
+
+def variant_row(v: Variant, m: dict) -> dict:
+    """The table row of ``v`` from its measurements (means per image)."""
+    sent, hdr, full_hdr = m["sent"], m["hdr"], m["full_hdr"]
     payload = sent - hdr
     row = {
-        "label": v.label, "codec": v.codec, "params": v.params, "n": n,
+        "label": v.label, "codec": v.codec, "params": v.params, "n": len(sent),
         "bytes_sent": float(sent.mean()), "bytes_payload": float(payload.mean()),
         "bytes_header": float(hdr.mean()), "bytes_full_headers": float((payload + full_hdr).mean()),
-        "bytes_extra": float(extra_bytes.mean()),
-        "top1": float(correct1.mean()), "top5": float(correct5.mean()),
-        "decode_failures": failed, "encode_ms": float(enc_s.mean() * 1e3),
+        "bytes_extra": float(m["extra_bytes"].mean()),
+        "top1": float(m["correct1"].mean()), "top5": float(m["correct5"].mean()),
+        "decode_failures": m["failed"], "encode_ms": float(m["enc_s"].mean() * 1e3),
     }
-    summary = enc_codec.summary()
-    if summary is not None:
-        row["codec_summary"] = summary
+    if m.get("summary") is not None:
+        row["codec_summary"] = m["summary"]
     return row
 
 
