@@ -85,6 +85,11 @@ def _prepare_edge(ctx: Any, node: str) -> None:
     ctx.manifest["model"] = edge.call("load", timeout=900, model=spec, device=cfg.device, size=wl.image_size)
     if spec != wl.model and isinstance(ctx.manifest["model"], dict):  # the scenario's model, read from a pushed copy
         ctx.manifest["model"].update(model=wl.model, loaded_from=spec)
+    # inference across clients: one image at a time (max_batch 1) or dynamic batches (the scenario's edge: block);
+    # what the edge applied (AMP ignored on CPU, with its note) is kept in the manifest
+    b = ctx.scenario.edge
+    ctx.manifest["edge_batching"] = edge.call("batching", timeout=30, max_batch=b.max_batch,
+                                              max_wait_ms=b.max_wait_ms, amp=b.amp)
     if ctx.all_local:  # codecs that fit on first use (GRACE, AutoJPEG, AdaCompress) fit now, not inside a trial
         from hilbed.nodes.codecs import codec_class
         for cc in ctx.scenario.codecs:
