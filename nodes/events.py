@@ -31,6 +31,11 @@ class RunEvent(str, Enum):
     INCIDENT = "incident"                  # a node dropped during a trial
     TRIAL_INTERRUPTED = "trial_interrupted"
     TRIAL_CLIENTS_STOPPED = "trial_clients_stopped"
+    MEDIUM_RELAY = "medium_relay"
+    NODE_FILE_NOT_FETCHED = "node_file_not_fetched"
+    BENCH_PART_STARTED = "bench_part_started"
+    BENCH_PART_FINISHED = "bench_part_finished"
+    BENCH_PART_RETRIED = "bench_part_retried"
     TRIAL_RECOVERED = "trial_recovered"
     RECONNECT_RETRY = "reconnect_retry"
     RECONNECT_FAILED = "reconnect_failed"

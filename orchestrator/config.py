@@ -351,6 +351,10 @@ class ConditionCfg(Strict):
     deadline_ms: float | None = Field(None, gt=0, le=MAX_PERIOD_MS)
     clients: int | None = Field(None, ge=1, le=MAX_CLIENTS, description="clients streaming at once (the first N "
                                 "client nodes); default: the scenario's clients, else every client of the testbed")
+    bench_group: Ident | None = Field(None, description="run on several testbeds (`hilbed run --testbed A "
+                                      "--testbed B`): conditions with the same bench_group run on the same "
+                                      "testbed, one after another (comparisons that need the same hardware); "
+                                      "not part of the trial ids")
 
 
 class EdgeCfg(Strict):

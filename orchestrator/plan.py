@@ -25,8 +25,10 @@ def trial_id(scenario: str, codec: CodecCfg, cond: ConditionCfg, deadline_ms: fl
         "scenario": scenario,
         "codec": codec.codec,
         "params": explicit_params(codec.codec, codec.params),
-        # a condition without ``clients`` keeps the id it had before the field existed (resume of older runs)
-        "condition": cond.model_dump(mode="json", exclude=None if cond.clients is not None else {"clients"})
+        # a condition without ``clients`` keeps the id it had before the field existed (resume of older runs);
+        # bench_group only says where a condition runs, not what it measures: never part of the id
+        "condition": cond.model_dump(mode="json", exclude={"bench_group"} | (set() if cond.clients is not None
+                                                                              else {"clients"}))
         | {"deadline_ms": deadline_ms},
         "repetition": repetition,
     }

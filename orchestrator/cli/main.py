@@ -11,6 +11,7 @@ writes a file; ``--version`` prints ``hilbed <version>``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -161,14 +162,49 @@ def _print_outcome(out) -> None:
         con.print(f"report: {out.report}")
 
 
+def _ray_missing(executor: str | None) -> str | None:
+    """The one-line install hint when ``--executor ray`` is asked for without ray installed."""
+    if executor != "ray":
+        return None
+    from hilbed.orchestrator.scale.executor import ExecutorError, require_ray
+    try:
+        require_ray()
+    except ExecutorError as exc:
+        return str(exc)
+    return None
+
+
 def cmd_run(args) -> int:
-    from hilbed.orchestrator.run.runner import Runner
-    runner = Runner(args.testbed, args.scenario, results_dir=args.results_dir, quiet=args.quiet,
-                    make_report=not args.no_report, console=_console(args))
-    return _finish_run(args, runner.execute())
+    """One testbed and the local executor: the plain run. Several testbeds (or Ray): one run over the benches
+    (:mod:`hilbed.orchestrator.run.benches`)."""
+    testbeds = args.testbed if isinstance(args.testbed, list) else [args.testbed]
+    hint = _ray_missing(args.executor)
+    if hint:
+        print(f"hilbed: {hint}", file=sys.stderr)
+        return 2
+    if len(testbeds) == 1 and args.executor == "local":
+        from hilbed.orchestrator.run.runner import Runner
+        runner = Runner(testbeds[0], args.scenario, results_dir=args.results_dir, quiet=args.quiet,
+                        make_report=not args.no_report, console=_console(args))
+        return _finish_run(args, runner.execute())
+    from hilbed.orchestrator.run.benches import BenchRun
+    run = BenchRun(testbeds, args.scenario, results_dir=args.results_dir, executor=args.executor,
+                   ray_address=args.ray_address, quiet=args.quiet, make_report=not args.no_report,
+                   console=_console(args))
+    return _finish_run(args, run.execute())
 
 
 def cmd_resume(args) -> int:
+    from hilbed.orchestrator.run.benches import BenchRun, is_bench_run
+    if is_bench_run(args.run_dir):  # a run over several testbeds: each unfinished part on its bench
+        hint = _ray_missing(args.executor)
+        if hint:
+            print(f"hilbed: {hint}", file=sys.stderr)
+            return 2
+        run = BenchRun(resume_dir=args.run_dir, executor=args.executor, ray_address=args.ray_address,
+                       quiet=args.quiet, accept_changed_inputs=args.accept_changed_inputs,
+                       force_unlock=args.force_unlock, console=_console(args))
+        return _finish_run(args, run.execute())
     from hilbed.orchestrator.run.runner import Runner
     runner = Runner(resume_dir=args.run_dir, quiet=args.quiet, accept_changed_inputs=args.accept_changed_inputs,
                     force_unlock=args.force_unlock, console=_console(args))
@@ -197,8 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="replay a scenario on a testbed")
     r.add_argument("scenario", nargs="?", default=None, help=f"scenario YAML (default {DEFAULT_SCENARIO})")
-    r.add_argument("--testbed", "-t", default=None, help=f"testbed YAML (default {DEFAULT_TESTBED})")
-    r.add_argument("--results-dir", default=None, help="where runs/<id> go (default: testbed's results_dir)")
+    r.add_argument("--testbed", "-t", action="append", default=None,
+                   help=f"testbed YAML (default {DEFAULT_TESTBED}); repeat it to spread the conditions over "
+                        "several testbeds (benches) in one run (docs/scale.md)")
+    r.add_argument("--results-dir", default=None, help="where runs/<id> go (default: the (first) testbed's "
+                   "results_dir)")
+    r.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="several testbeds: 'local' runs their parts one after another here, 'ray' runs each "
+                        "bench's parts as Ray tasks at once (needs `pip install 'hilbed[ray]'`)")
+    r.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"),
+                   help="Ray cluster to join with --executor ray (default $RAY_ADDRESS; none: a local Ray with "
+                        "one resource per bench)")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     r.add_argument("--no-report", action="store_true", help="skip building report/ (`hilbed report` builds it later)")
     add_json_flag(r, "print the outcome (run directory, state, records, summary rows) as JSON on stdout; "
@@ -227,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="resume although a trace, dataset, weight or artifact changed (recorded in the manifest)")
     rs.add_argument("--force-unlock", action="store_true",
                     help="take over the run directory's lock held on another host (the run there must be gone)")
+    rs.add_argument("--executor", choices=("local", "ray"), default=None,
+                    help="a run over several testbeds: resume its parts here or on Ray (default: as it ran)")
+    rs.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"),
+                    help="Ray cluster to join with --executor ray (default $RAY_ADDRESS)")
     add_json_flag(rs, "print the outcome as JSON on stdout (as `run --json`)")
     add_output(rs, "also write the outcome as JSON to this file", short=False)
     rs.set_defaults(fn=cmd_resume)

@@ -18,13 +18,11 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from hilbed.nodes.events import EXTRA_RUN_EVENTS
+from hilbed.nodes.events import RunEvent
 from hilbed.orchestrator.lab.provision import Asset, assets_of, file_asset, model_asset, node_model_spec
 
 STATE_KEY = "node_files"
 #: a node's file (a link log) could not be copied back (TODO(lead): a RunEvent member, then drop this)
-NOT_FETCHED_EVENT = "node_file_not_fetched"
-EXTRA_RUN_EVENTS.add(NOT_FETCHED_EVENT)
 
 
 class NodeFiles:
@@ -108,10 +106,10 @@ class NodeFiles:
             part.replace(dest)
             return dest
         except NotImplementedError:
-            self.ctx.event(NOT_FETCHED_EVENT, node=node, path=remote, error="the transport cannot copy files")
+            self.ctx.event(RunEvent.NODE_FILE_NOT_FETCHED, node=node, path=remote, error="the transport cannot copy files")
         except Exception as exc:
             if not (optional and isinstance(exc, FileNotFoundError)):
-                self.ctx.event(NOT_FETCHED_EVENT, node=node, path=remote, error=f"{type(exc).__name__}: {exc}")
+                self.ctx.event(RunEvent.NODE_FILE_NOT_FETCHED, node=node, path=remote, error=f"{type(exc).__name__}: {exc}")
         part.unlink(missing_ok=True)
         return None
 

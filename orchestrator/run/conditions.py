@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Any
 
-from hilbed.nodes.events import EXTRA_RUN_EVENTS, AgentEvent, RunEvent
+from hilbed.nodes.events import AgentEvent, RunEvent
 from hilbed.nodes.link.kind import LinkKind, LinkSetupError
 from hilbed.nodes.link.registry import link_kind
 from hilbed.orchestrator.errors import SetupError
@@ -31,8 +31,6 @@ from hilbed.orchestrator.run.context import RunContext
 HEARTBEAT_S = 1.0
 JAMMER_WATCHDOG_S = 5.0
 #: the relay's per-condition counts (TODO(lead): a RunEvent member, then drop this registration)
-MEDIUM_RELAY_EVENT = "medium_relay"
-EXTRA_RUN_EVENTS.add(MEDIUM_RELAY_EVENT)
 
 log = logging.getLogger("hilbed.run")
 
@@ -150,7 +148,7 @@ class MediumRelay:
                                 "max": round(ages[-1], 4)} if ages else None,
                       **({"error": st["error"]} if "error" in st else {})}
             try:
-                self.ctx.event(MEDIUM_RELAY_EVENT, node=n, condition=cond.name, **out[n])
+                self.ctx.event(RunEvent.MEDIUM_RELAY, node=n, condition=cond.name, **out[n])
             except Exception as exc:  # a store refusing a write is reported by the run's next write
                 log.warning("medium relay: cannot record its counts: %s", exc)
         if out:
