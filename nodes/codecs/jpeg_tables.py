@@ -13,7 +13,8 @@ Three things live here:
   tables) the DHT segments stay in the image stream; only APP0/DQT are shared.
 * **Custom colour transforms**: the RGB->YUV family of GRACE Eq. 1 / AutoJPEG
   Eq. 1, parameterised by (w_r, w_g, w_b) on the simplex. The encoder converts
-  itself and hands libjpeg a "YCbCr" image so libjpeg does no conversion;
+  itself (one vectorised numpy pass, :func:`rgb_to_yuv8`) and hands libjpeg
+  the planes as a "YCbCr" image so libjpeg does no conversion;
   the decoder asks libjpeg for raw YCbCr and applies the exact inverse.
 * **Quantisation tables verbatim**: Pillow's ``qtables`` (natural order,
   one table per component, clamped to 1..255 so the stream stays baseline),
@@ -259,9 +260,8 @@ class ColourTransform:
         return _pil_matrix(self.weights)
 
     def forward(self, rgb: np.ndarray) -> np.ndarray:
-        """uint8 RGB (H, W, 3) -> uint8 YUV (offset 128 on U, V), in C through Pillow."""
-        im = Image.fromarray(np.ascontiguousarray(rgb, np.uint8), "RGB").convert("RGB", self._pil_matrix())
-        return np.asarray(im)
+        """uint8 RGB (H, W, 3) -> uint8 YUV (offset 128 on U, V): one vectorised numpy pass (:func:`rgb_to_yuv8`)."""
+        return rgb_to_yuv8(rgb, self.weights)
 
     def forward_float(self, rgb: np.ndarray) -> np.ndarray:
         y = np.asarray(rgb, np.float64) @ self.matrix().T
@@ -277,6 +277,73 @@ class ColourTransform:
         y[..., 1:] -= 128.0
         rgb = y @ self.inverse_matrix().T
         return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+@lru_cache(maxsize=64)
+def _forward_f32(weights: tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """(Phi^T, offsets + 0.5) in float32, what :func:`rgb_to_yuv8` multiplies with."""
+    m = ColourTransform(*weights).matrix()
+    mt = np.ascontiguousarray(m.T, np.float32)
+    off = np.array([0.5, 128.5, 128.5], np.float32)
+    return mt, off
+
+
+@lru_cache(maxsize=16)
+def _tiled_offsets(off: bytes, n: int) -> np.ndarray:
+    o = np.tile(np.frombuffer(off, np.float32), n // 3)
+    o.flags.writeable = False
+    return o
+
+
+_work = threading.local()
+
+
+def _work_buffers(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-thread float32 input/output and uint8 buffers for ``n`` pixels, reused from image to image.
+
+    Fresh 0.6 MB arrays per 224 px image cost page faults that, on a loaded machine, took longer
+    than the arithmetic (measured 4 ms instead of 0.15 ms per image).
+    """
+    b = getattr(_work, "b", None)
+    if b is None or b[0].shape[0] != n:
+        b = (np.empty((n, 3), np.float32), np.empty((n, 3), np.float32), np.empty((n, 3), np.uint8))
+        _work.b = b
+    return b
+
+
+def _rgb_to_yuv8_into(x: np.ndarray, weights: tuple[float, float, float]) -> np.ndarray:
+    """:func:`rgb_to_yuv8` into this thread's work buffer (valid until the thread's next call)."""
+    if x.dtype != np.uint8:
+        x = x.astype(np.uint8)
+    n = x.shape[0] * x.shape[1]
+    mt, off = _forward_f32(tuple(float(v) for v in weights))
+    f, y, u = _work_buffers(n)
+    np.copyto(f, x.reshape(n, 3), casting="unsafe")
+    np.matmul(f, mt, out=y)
+    # the offsets as one contiguous add (broadcasting a (3,) row over (N, 3) runs a slow per-row loop)
+    flat = y.reshape(-1)
+    np.add(flat, _tiled_offsets(off.tobytes(), flat.size), out=flat)
+    np.clip(y, 0.0, 255.0, out=y)
+    np.copyto(u, y, casting="unsafe")  # truncation toward zero, after the + 0.5: round half up
+    return u.reshape(x.shape[0], x.shape[1], 3)
+
+
+def rgb_to_yuv8(rgb: np.ndarray, weights: tuple[float, float, float]) -> np.ndarray:
+    """uint8 RGB (H, W, 3) -> uint8 YUV of weights ``(w_r, w_g, w_b)``, U and V offset by 128.
+
+    One float32 matrix multiply per image (``(H W, 3) @ Phi^T``), the offsets,
+    a clip to 0..255 and truncation after adding 0.5, i.e. rounding half up: the
+    arithmetic of Pillow's ``convert("RGB", matrix)`` (which the encoder used
+    before), so the planes agree with it except, rarely, by one step where a
+    float32 sum lands on a rounding tie.
+    """
+    return _rgb_to_yuv8_into(np.asarray(rgb), weights).copy()
+
+
+def yuv8_image(yuv: np.ndarray) -> Image.Image:
+    """uint8 (H, W, 3) YUV planes as a Pillow "YCbCr" image, which libjpeg then encodes without converting."""
+    y = np.ascontiguousarray(yuv, np.uint8)
+    return Image.frombuffer("YCbCr", (y.shape[1], y.shape[0]), y, "raw", "YCbCr", 0, 1)
 
 
 @lru_cache(maxsize=64)
@@ -341,12 +408,10 @@ def save_kwargs(tables=None, quality: int | None = None, optimize: bool = True, 
 
 
 def _to_image(image: np.ndarray, colour: ColourTransform | None) -> Image.Image:
-    im = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB")
     if colour is None or colour.is_standard():
-        return im  # libjpeg converts with BT.601 itself
-    # convert in C with the 3x4 matrix, then relabel the planes as YCbCr so libjpeg leaves them alone
-    yuv = im.convert("RGB", colour._pil_matrix())
-    return Image.frombuffer("YCbCr", yuv.size, yuv.tobytes(), "raw", "YCbCr", 0, 1)
+        return Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB")  # libjpeg converts (BT.601)
+    # one numpy pass RGB -> YUV, handed to libjpeg as YCbCr planes so it converts nothing
+    return yuv8_image(_rgb_to_yuv8_into(np.asarray(image), colour.weights))  # frombuffer copies "YCbCr"
 
 
 def encode_jpeg(image: np.ndarray, tables=None, quality: int | None = None, colour: ColourTransform | None = None,
@@ -441,3 +506,282 @@ class JpegProfile:
         except JpegStreamError:
             return None
         return decode_jpeg(full, self.colour)
+
+
+# ------------------------------------------------- Huffman tables (T.81 C, F, K.2) ---
+#
+# Pre-sharing Huffman tables optimised on a fit set: libjpeg (through Pillow)
+# cannot be handed Huffman tables, so the encoder lets libjpeg write its
+# standard tables (fast, C) and re-codes the entropy-coded data with the
+# shared tables here (pure Python: baseline sequential streams, no restart
+# intervals). The decoder needs nothing new: the shared DHT is part of the
+# tables-only stream, and the spliced full stream is a normal baseline JPEG.
+
+M_SOF1, M_DRI = 0xC1, 0xDD
+
+
+@dataclass(frozen=True)
+class HuffTable:
+    """One Huffman table as in a DHT segment: code counts per length 1..16 and the symbols in code order."""
+
+    bits: tuple[int, ...]
+    vals: tuple[int, ...]
+
+    def codes(self) -> dict[int, tuple[int, int]]:
+        """symbol -> (code, length), the canonical codes of T.81 Annex C."""
+        out, code, k = {}, 0, 0
+        for length in range(1, 17):
+            for _ in range(self.bits[length - 1]):
+                out[self.vals[k]] = (code, length)
+                code += 1
+                k += 1
+            code <<= 1
+        return out
+
+    def lookup(self) -> list[tuple[int, int]]:
+        """A 16-bit peek table: entry ``v`` is (symbol, length) of the code that prefixes ``v``, (-1, 0) if none."""
+        table: list[tuple[int, int]] = [(-1, 0)] * 65536
+        for sym, (code, length) in self.codes().items():
+            lo = code << (16 - length)
+            table[lo:lo + (1 << (16 - length))] = [(sym, length)] * (1 << (16 - length))
+        return table
+
+
+def parse_dht(raw: bytes) -> dict[tuple[int, int], HuffTable]:
+    """One DHT segment (marker included) -> {(class 0=DC/1=AC, id): table}."""
+    p, out = raw[4:], {}
+    while p:
+        tc, th = p[0] >> 4, p[0] & 15
+        bits = tuple(p[1:17])
+        n = sum(bits)
+        out[(tc, th)] = HuffTable(bits, tuple(p[17:17 + n]))
+        p = p[17 + n:]
+    return out
+
+
+def dht_segment(tables: dict[tuple[int, int], HuffTable]) -> bytes:
+    """{(class, id): table} -> one DHT segment, in (class, id) order."""
+    body = b"".join(bytes([tc << 4 | th]) + bytes(t.bits) + bytes(t.vals) for (tc, th), t in sorted(tables.items()))
+    return bytes([0xFF, M_DHT]) + (len(body) + 2).to_bytes(2, "big") + body
+
+
+def optimal_table(freq) -> HuffTable:
+    """libjpeg's ``jpeg_gen_optimal_table`` (T.81 K.2-K.3): code lengths <= 16, the all-ones code reserved.
+
+    Symbols with zero frequency get no code; an all-zero histogram gets a one-symbol table (symbol 0).
+    """
+    f = [int(v) for v in freq] + [0] * (257 - len(freq))
+    f = f[:256] + [1]  # reserved pseudo-symbol 256: no real code is all ones
+    if not any(f[:256]):
+        f[0] = 1
+    codesize = [0] * 257
+    others = [-1] * 257
+    while True:
+        c1, v = -1, 1 << 62
+        for i in range(257):
+            if f[i] and f[i] <= v:
+                v, c1 = f[i], i
+        c2, v = -1, 1 << 62
+        for i in range(257):
+            if f[i] and f[i] <= v and i != c1:
+                v, c2 = f[i], i
+        if c2 < 0:
+            break
+        f[c1] += f[c2]
+        f[c2] = 0
+        codesize[c1] += 1
+        while others[c1] >= 0:
+            c1 = others[c1]
+            codesize[c1] += 1
+        others[c1] = c2
+        codesize[c2] += 1
+        while others[c2] >= 0:
+            c2 = others[c2]
+            codesize[c2] += 1
+    bits = [0] * 65
+    for i in range(257):
+        if codesize[i]:
+            bits[codesize[i]] += 1
+    for i in range(64, 16, -1):
+        while bits[i] > 0:
+            j = i - 2
+            while bits[j] == 0:
+                j -= 1
+            bits[i] -= 2
+            bits[i - 1] += 1
+            bits[j + 1] += 2
+            bits[j] -= 1
+    i = 16
+    while bits[i] == 0:
+        i -= 1
+    bits[i] -= 1  # drop the reserved code
+    vals = [s for length in range(1, 65) for s in range(256) if codesize[s] == length]
+    return HuffTable(tuple(bits[1:17]), tuple(vals))
+
+
+@dataclass
+class ScanSymbols:
+    """The Huffman-coded symbols of one baseline scan, in stream order.
+
+    ``syms``: (class, table id, symbol, extra bits value, extra bits length) per coded symbol.
+    """
+
+    syms: list[tuple[int, int, int, int, int]]
+    tables: dict[tuple[int, int], HuffTable]
+
+    def histograms(self) -> dict[tuple[int, int], np.ndarray]:
+        out: dict[tuple[int, int], np.ndarray] = {}
+        for tc, th, s, _, _ in self.syms:
+            out.setdefault((tc, th), np.zeros(256, np.int64))[s] += 1
+        return out
+
+
+def _unstuff(data: bytes) -> bytes:
+    return data.replace(b"\xff\x00", b"\xff")
+
+
+def _scan_layout(full: bytes):
+    segs, sos = parse_header(full)
+    tables: dict[tuple[int, int], HuffTable] = {}
+    comps, size = None, None
+    for s in segs:
+        if s.marker == M_DHT:
+            tables.update(parse_dht(s.raw))
+        elif s.marker in (M_SOF0, M_SOF1):
+            p = s.raw[4:]
+            size = (int.from_bytes(p[3:5], "big"), int.from_bytes(p[1:3], "big"))  # (W, H)
+            comps = {p[6 + 3 * k]: (p[7 + 3 * k] >> 4, p[7 + 3 * k] & 15) for k in range(p[5])}
+        elif s.marker == M_SOF2 or (0xC3 <= s.marker <= 0xCF and s.marker not in (M_DHT, 0xC8, 0xCC)):
+            raise JpegStreamError("only baseline/extended sequential Huffman streams can be re-coded")
+        elif s.marker == M_DRI and int.from_bytes(s.raw[4:6], "big"):
+            raise JpegStreamError("restart intervals are not supported")
+    if comps is None:
+        raise JpegStreamError("no SOF0/SOF1 frame header")
+    seg_len = int.from_bytes(full[sos + 2:sos + 4], "big")
+    p = full[sos + 4:sos + 2 + seg_len]
+    scan = [(p[1 + 2 * k], p[2 + 2 * k] >> 4, p[2 + 2 * k] & 15) for k in range(p[0])]
+    data_start = sos + 2 + seg_len
+    end = full.rfind(EOI)
+    if end < data_start:
+        raise JpegStreamError("no EOI after the scan")
+    return tables, comps, size, scan, data_start, end
+
+
+def _blocks_per_mcu(comps, size, scan) -> tuple[list[tuple[int, int, int]], int]:
+    """[(dc table, ac table, component index)] per block of one MCU, and the number of MCUs."""
+    w, h = size
+    if len(scan) == 1:
+        cid, td, ta = scan[0]
+        hmax = max(c[0] for c in comps.values())
+        vmax = max(c[1] for c in comps.values())
+        hs, vs = comps[cid]
+        bw = -(-(-(-w * hs // hmax)) // 8)
+        bh = -(-(-(-h * vs // vmax)) // 8)
+        return [(td, ta, 0)], bw * bh
+    hmax = max(comps[c][0] for c, _, _ in scan)
+    vmax = max(comps[c][1] for c, _, _ in scan)
+    mcus = -(-w // (8 * hmax)) * -(-h // (8 * vmax))
+    order = []
+    for k, (cid, td, ta) in enumerate(scan):
+        hs, vs = comps[cid]
+        order += [(td, ta, k)] * (hs * vs)
+    return order, mcus
+
+
+def scan_symbols(full: bytes) -> ScanSymbols:
+    """Huffman-decode a baseline stream's (single) scan into its symbols (pure Python)."""
+    tables, comps, size, scan, start, end = _scan_layout(full)
+    order, mcus = _blocks_per_mcu(comps, size, scan)
+    data = _unstuff(full[start:end])
+    nbits = 8 * len(data)
+    bitstr = (bin(int.from_bytes(data, "big"))[2:].zfill(nbits) if data else "") + "1" * 32
+    looks = {k: t.lookup() for k, t in tables.items()}
+    pos = 0
+    syms: list[tuple[int, int, int, int, int]] = []
+    app = syms.append
+    for _ in range(mcus):
+        for td, ta, _k in order:
+            dc, ac = looks[(0, td)], looks[(1, ta)]
+            s, ln = dc[int(bitstr[pos:pos + 16], 2)]
+            if ln == 0:
+                raise JpegStreamError("bad DC code")
+            pos += ln
+            app((0, td, s, int(bitstr[pos:pos + s], 2) if s else 0, s))
+            pos += s
+            k = 1
+            while k < 64:
+                rs, ln = ac[int(bitstr[pos:pos + 16], 2)]
+                if ln == 0:
+                    raise JpegStreamError("bad AC code")
+                pos += ln
+                r, s = rs >> 4, rs & 15
+                app((1, ta, rs, int(bitstr[pos:pos + s], 2) if s else 0, s))
+                pos += s
+                if s == 0:
+                    if r != 15:
+                        break
+                    k += 16
+                else:
+                    k += r + 1
+        if pos > nbits:
+            raise JpegStreamError("scan data ends early")
+    return ScanSymbols(syms, tables)
+
+
+def encode_symbols(syms, tables: dict[tuple[int, int], HuffTable]) -> bytes:
+    """Symbols -> entropy-coded bytes (1-padded, 0xFF stuffed) with ``tables``."""
+    codes = {k: t.codes() for k, t in tables.items()}
+    out = bytearray()
+    acc, n = 0, 0
+    for tc, th, s, v, ln in syms:
+        code, cl = codes[(tc, th)][s]
+        acc = (acc << (cl + ln)) | (code << ln) | v
+        n += cl + ln
+        if n >= 32:
+            k = n // 8
+            n -= 8 * k
+            out += (acc >> n).to_bytes(k, "big")
+            acc &= (1 << n) - 1
+    if n:
+        pad = (8 - n % 8) % 8
+        acc = (acc << pad) | ((1 << pad) - 1)
+        out += acc.to_bytes((n + pad) // 8, "big")
+    return bytes(out).replace(b"\xff", b"\xff\x00")
+
+
+def recode(full: bytes, tables: dict[tuple[int, int], HuffTable]) -> bytes:
+    """A baseline stream re-coded with other Huffman tables: its DHT segments replaced, its scan re-coded."""
+    ss = scan_symbols(full)
+    for k in ss.tables:
+        if k not in tables:
+            raise JpegStreamError(f"no shared Huffman table for class {k[0]} id {k[1]}")
+    segs, sos = parse_header(full)
+    _, _, _, _, start, end = _scan_layout(full)
+    front = b"".join(s.raw for s in segs if s.marker != M_DHT)
+    used = {k: tables[k] for k in ss.tables}
+    return SOI + front + dht_segment(used) + full[sos:start] + encode_symbols(ss.syms, used) + full[end:]
+
+
+def fit_huffman(streams, min_count: int = 1) -> dict[tuple[int, int], HuffTable]:
+    """Optimal tables for the symbols of a fit set's baseline streams (any Huffman tables in them).
+
+    Every symbol a table may need gets a code: each possible DC category (0..11) and AC run/size
+    symbol is counted at least ``min_count`` times, so an image unlike the fit set still encodes.
+    """
+    hist: dict[tuple[int, int], np.ndarray] = {}
+    for full in streams:
+        for k, h in scan_symbols(full).histograms().items():
+            hist[k] = hist.get(k, 0) + h
+    out = {}
+    for (tc, th), h in hist.items():
+        h = h.copy()
+        if min_count:
+            legal = np.zeros(256, bool)
+            if tc == 0:
+                legal[:12] = True
+            else:
+                legal[[r << 4 | s for r in range(16) for s in range(1, 11)]] = True
+                legal[[0x00, 0xF0]] = True
+            h[legal] = np.maximum(h[legal], min_count)
+        out[(tc, th)] = optimal_table(h)
+    return out
