@@ -30,8 +30,8 @@ from .styles import StyleRegistry  # noqa: E402
 #: columns the AdaCompress timeline needs (all in nodes/record.py)
 ADACOMPRESS_COLUMNS = ("codec", "codec_label", "codec_params", "condition", "trial_id", "t_arrival_ns",
                        "bytes_total", "chunks_total", "correct1")
-#: an optional per-image state column (not in the record today: the codec's Encoded.meta["state"] would have to be
-#: copied into the record); used instead of the inferred state when present
+#: the agent's state per image (the client copies the codec's Encoded.meta["state"]); runs recorded before it
+#: existed lack it, and the figure then infers the state
 STATE_COLUMN = "codec_state"
 #: AdaCompress's recent-window length n (docs/codecs.md): a run of at least this many estimated images in a row is
 #: read as querying / retraining (in inference an image is estimated with probability p_est only)
@@ -167,7 +167,7 @@ def adacompress_timeline(df: pd.DataFrame, out: Path, styles: StyleRegistry) -> 
     h, lab = axes[2][-1].get_legend_handles_labels()
     axes[2][-1].legend(h, lab, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     state_text = ("Bottom: the agent's state per image as recorded." if has_state else
-                  "Bottom: the agent's state inferred from the records, which do not carry it: an estimated image "
+                  "Bottom: the agent's state inferred (this run's records do not carry it): an estimated image "
                   "uploads the q75 reference as a second chunk (chunks_total 2, a tick), and "
                   f"{FULL_ESTIMATION_RUN} or more estimated images in a row (every image estimated) are read as "
                   "querying or retraining. Variants without reference uploads (frozen, reference: label) show no "

@@ -66,7 +66,7 @@ def _frame(with_state: bool = False) -> pd.DataFrame:
 
 def test_columns_are_record_fields():
     assert set(ADACOMPRESS_COLUMNS) <= set(FIELDS)
-    assert paper_plots.STATE_COLUMN not in FIELDS  # proposed, not recorded today: the figure infers the state
+    assert paper_plots.STATE_COLUMN in FIELDS  # recorded by the client; older runs lack it and the figure infers it
 
 
 def test_inferred_states_marks_long_runs_of_estimates():

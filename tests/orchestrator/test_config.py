@@ -57,7 +57,7 @@ def test_good_files_load(tmp_path, repo):
      "s.yaml:3: stream.period_ms: Input should be greater than 0, got -5"),
     # bad literal names allowed values
     (GOOD_SCENARIO.replace("kind: trace", "kind: wifi"),
-     "s.yaml:8: conditions[0].link.kind: unknown link kind 'wifi' (allowed: direct, trace, tc, radio)"),
+     "s.yaml:8: conditions[0].link.kind: unknown link kind 'wifi' (allowed: direct, trace, tc, radio, shared-uplink)"),
     # unknown codec
     (GOOD_SCENARIO.replace("codec: jpeg", "codec: jpeg2000"),
      "s.yaml:5: codecs[0].codec: unknown codec 'jpeg2000' (allowed: "),
