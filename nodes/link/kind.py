@@ -63,6 +63,16 @@ class LinkKind:
                                         edge_minus_client_ns=e_off - ctx.offset(c)["offset_ns"],
                                         seed=ctx.scenario.workload.seed + k, secret=ctx.secret)
 
+    def close_edge_receiver(self, ctx: Any) -> None:
+        """Close the edge side :meth:`open_receiver` opened; its final counters go to events.jsonl."""
+        h = ctx.live_agent(ctx.testbed.edge, "edge")
+        if h is not None:
+            try:
+                ctx.event("link_stats", node=ctx.testbed.edge, condition=ctx.state.get("condition"),
+                          result=h.call("close_receiver", timeout=30, kind=self.name))
+            except Exception:  # a dying edge: the clients' records are already stored
+                pass
+
     def close_client_links(self, ctx: Any) -> None:
         for n in ctx.testbed.clients:
             h = ctx.live_agent(n, "client")

@@ -29,16 +29,23 @@ def _console(args=None):
 
 # ---------------------------------------------------------------- report ---
 
-def cmd_report(args) -> int:
-    from hilbed.analysis.report import build_report
-    for d in args.runs:
+def _refuse_runs(cmd: str, runs: list) -> bool:
+    """True (after one line on stderr) when a run argument is not a readable run directory."""
+    for d in runs:
         if not Path(d).is_dir():
-            print(f"hilbed report: {d}: {'not a directory' if Path(d).exists() else 'no such directory'}",
+            print(f"hilbed {cmd}: {d}: {'not a directory' if Path(d).exists() else 'no such directory'}",
                   file=sys.stderr)
-            return 2
-    bad = _bad_runs(args.runs)
+            return True
+    bad = _bad_runs(runs)
     if bad:
         print(bad, file=sys.stderr)
+        return True
+    return False
+
+
+def cmd_report(args) -> int:
+    from hilbed.analysis.report import build_report
+    if _refuse_runs("report", args.runs):
         return 2
     try:
         path = build_report(args.runs, args.output, by=args.by, title=args.title, figures=not args.no_figures)
@@ -120,14 +127,7 @@ def cmd_compare(args) -> int:
 # ----------------------------------------------------------------- fleet ---
 
 def cmd_fleet(args) -> int:
-    for d in args.runs:
-        if not Path(d).is_dir():
-            print(f"hilbed fleet: {d}: {'not a directory' if Path(d).exists() else 'no such directory'}",
-                  file=sys.stderr)
-            return 2
-    bad = _bad_runs(args.runs)
-    if bad:
-        print(bad, file=sys.stderr)
+    if _refuse_runs("fleet", args.runs):
         return 2
     from rich.markup import escape
     from rich.table import Table

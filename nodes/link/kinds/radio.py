@@ -118,13 +118,7 @@ class RadioKind(LinkKind):
         try:
             self.close_client_links(ctx)
         finally:
-            h = ctx.live_agent(ctx.testbed.edge, "edge")
-            if h is not None:
-                try:
-                    ctx.event("link_stats", node=ctx.testbed.edge, condition=ctx.state.get("condition"),
-                              result=h.call("close_receiver", timeout=30, kind=self.name))
-                except Exception:
-                    pass
+            self.close_edge_receiver(ctx)
 
     def teardown(self, ctx: Any) -> None:
         bench = ctx.state.pop("radio_bench", None)

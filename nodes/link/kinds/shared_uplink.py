@@ -60,13 +60,7 @@ class SharedUplinkKind(LinkKind):
         try:
             self.close_client_links(ctx)
         finally:
-            h = ctx.live_agent(ctx.testbed.edge, "edge")
-            if h is not None:
-                try:
-                    ctx.event("link_stats", node=ctx.testbed.edge, condition=ctx.state.get("condition"),
-                              result=h.call("close_receiver", timeout=30, kind=self.name))
-                except Exception:  # a dying edge: the clients' records are already stored
-                    pass
+            self.close_edge_receiver(ctx)
 
     # -- client side -------------------------------------------------------
     def open_link(self, spec: dict, host: str, port: int, edge_minus_client_ns: int = 0, seed: int = 0) -> Any:
