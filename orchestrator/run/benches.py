@@ -209,22 +209,15 @@ class _RayPool:
 
     def __init__(self, part_fn: Callable, benches: list[str], address: str | None, num_cpus: int | None,
                  on_start: Callable[[str], None]):
+        from hilbed.orchestrator.scale.executor import ExecutorError, start_ray
         ray = _require_ray()
         self.ray, self.on_start = ray, on_start
         self.refs: dict[Any, str] = {}
-        self.started = False
         need = {bench_resource(b): 1 for b in benches}
-        if not ray.is_initialized():
-            kw: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
-            try:
-                if address:
-                    ray.init(address=address, **kw)
-                else:
-                    ray.init(num_cpus=num_cpus or max(1, len(benches)), resources=need, **kw)
-            except Exception as exc:  # noqa: BLE001 - Ray raises several kinds; the user needs one line
-                where = f"the Ray cluster at {address}" if address else "a local Ray"
-                raise RunError(f"cannot start {where}: {_line(exc)}") from None
-            self.started = True
+        try:
+            self.started = start_ray(address, num_cpus or max(1, len(benches)), resources=need)
+        except ExecutorError as exc:
+            raise RunError(str(exc)) from None
         have = ray.cluster_resources()
         missing = [r for r in need if have.get(r, 0) < 1]
         if missing:
@@ -283,16 +276,8 @@ class _RayPool:
 
 
 def _require_ray():
-    """The ray module, or RunError with the install hint (scale.executor's wording when it is present)."""
-    try:
-        from hilbed.orchestrator.scale.executor import ExecutorError, require_ray
-    except ImportError:  # pragma: no cover - the scale package ships with hilbed
-        try:
-            import ray
-        except ImportError:
-            raise RunError("--executor ray needs the ray package, which is not installed: "
-                           "pip install 'hilbed[ray]'") from None
-        return ray
+    """The ray module, or RunError with the install hint."""
+    from hilbed.orchestrator.scale.executor import ExecutorError, require_ray
     try:
         return require_ray()
     except ExecutorError as exc:

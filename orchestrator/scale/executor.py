@@ -88,26 +88,9 @@ class RayExecutor(Executor):
     name = "ray"
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None, log_to_driver: bool = False):
-        ray = require_ray()
-        self._ray = ray
+        self._ray = require_ray()
         self._remote: dict[Callable, Any] = {}
-        self.started = False
-        if ray.is_initialized():
-            return
-        address = address or os.environ.get("RAY_ADDRESS") or None
-        kw: dict[str, Any] = {"log_to_driver": log_to_driver, "include_dashboard": False}
-        if address:
-            _reachable(address)
-        try:
-            if address:
-                ray.init(address=address, **kw)
-            else:
-                ray.init(num_cpus=num_cpus, **kw)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-            where = f"the Ray cluster at {address}" if address else "a local Ray"
-            raise ExecutorError(f"cannot start {where}: {first}") from None
-        self.started = True
+        self.started = start_ray(address, num_cpus, log_to_driver=log_to_driver)
 
     def put(self, obj: Any) -> Any:
         return self._ray.put(obj)
@@ -147,6 +130,31 @@ class RayExecutor(Executor):
         if self.started and self._ray.is_initialized():
             self._ray.shutdown()
         self.started = False
+
+
+def start_ray(address: str | None, num_cpus: int | None, resources: dict[str, float] | None = None,
+              log_to_driver: bool = False) -> bool:
+    """Join the cluster at ``address`` (or $RAY_ADDRESS), else start a local Ray with ``num_cpus`` and the custom
+    ``resources``; True when this call started it (the caller shuts it down). A Ray already running is reused.
+    ExecutorError (one line) when it cannot."""
+    ray = require_ray()
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kw: dict[str, Any] = {"log_to_driver": log_to_driver, "include_dashboard": False}
+    try:
+        if address:
+            _reachable(address)
+            ray.init(address=address, **kw)
+        else:
+            ray.init(num_cpus=num_cpus, resources=resources or None, **kw)
+    except ExecutorError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Ray raises several kinds; the user needs one line
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise ExecutorError(f"cannot start {where}: {first}") from None
+    return True
 
 
 def _reachable(address: str, timeout: float = 5.0) -> None:
