@@ -475,3 +475,46 @@ def test_unknown_host_key_behind_a_gateway_is_fixed_by_the_printed_command(netns
         assert t.run("true").ok  # strict checking passes with the recorded key
     finally:
         t.close()
+
+
+def test_a_dying_client_interrupts_its_trial_at_once_and_the_others_are_stopped(tmp_path, repo, synthetic_model):
+    """Two clients stream a 4.5 s trial; one client's agent is killed early. The trial is interrupted within
+    about a second (not when the survivor finishes its stream), the survivor is stopped before the re-run,
+    and recovery completes the run with every image of both clients exactly once in results.parquet."""
+    period_ms, images = 150, 30
+    sc = tmp_path / "two.yaml"
+    sc.write_text(f"""\
+name: two
+clients: 2
+workload: {{dataset: synthetic, model: synthetic-cnn, images_per_trial: {images}, image_size: 32, seed: 0}}
+stream: {{period_ms: {period_ms}}}
+codecs:
+  - {{codec: jpeg, params: {{quality: 30}}}}
+conditions:
+  - {{name: c, link: {{kind: direct}}}}
+""")
+    results = tmp_path / "runs"
+    ctl = _start(repo, sc, results)
+    try:
+        run_dir = _wait_records(ctl, results, 4)
+        victims = [pid for pid, cmd in _run_pids(run_dir.name).items() if "hilbed.nodes.client" in cmd]
+        assert len(victims) == 2, _run_pids(run_dir.name)
+        t_kill = time.time_ns()
+        os.kill(max(victims), signal.SIGKILL)  # the later-started one: client-2
+        out, err = ctl.communicate(timeout=240)
+    finally:
+        if ctl.poll() is None:
+            ctl.kill()
+            ctl.communicate()
+    assert ctl.returncode == 0, err[-3000:]
+    events = [json.loads(ln) for ln in _lines(run_dir / "events.jsonl")]
+    interrupted = [e for e in events if e["kind"] == "trial_interrupted"]
+    assert interrupted, [e["kind"] for e in events]
+    late_s = (interrupted[0]["t_ns"] - t_kill) / 1e9
+    assert late_s < 2.0, f"the trial was interrupted {late_s:.2f} s after the kill (the stream lasts 4.5 s)"
+    stopped = [e for e in events if e["kind"] == "trial_clients_stopped"]
+    assert stopped and stopped[0]["stopped"], events
+    df = pd.read_parquet(run_dir / "results.parquet")
+    assert len(df) == 2 * images and not df.duplicated(["trial_id", "client", "image_index"]).any()
+    assert sorted(df.client.unique()) == ["client-1", "client-2"] and (df.n_clients == 2).all()
+    _no_leftovers(run_dir.name)
