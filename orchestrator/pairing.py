@@ -84,6 +84,14 @@ def check_pair(testbed: Any, scenario: Any, testbed_path: str = "the testbed") -
             if missing:
                 raise _error(scenario, ("conditions", i, "link", "kind"), f"a radio link needs a radio on "
                              f"{', '.join(missing)}", f"add radio: {{protocol, port}} to those nodes in {testbed_path}")
+            # emulated radios are pseudo-terminals of the emulator on this machine (a remote jammer's load reaches
+            # it through the medium relay); a node elsewhere cannot open them
+            far = [n for n in [*testbed.clients, edge]
+                   if testbed.nodes[n].radio.port == "emulated" and not _local(testbed, n)]
+            if far:
+                raise _error(scenario, ("conditions", i, "link", "kind"), f"emulated radios run on this machine, "
+                             f"but {', '.join(far)} run elsewhere",
+                             f"give those nodes real radio ports in {testbed_path}, or run them locally")
         if kind == "tc":
             need = list(testbed.clients) + ([edge] if cond.link.downlink_rate_kbps or cond.link.downlink_trace else [])
             missing = [n for n in need if not testbed.nodes[n].interface]
@@ -103,9 +111,3 @@ def check_pair(testbed: Any, scenario: Any, testbed_path: str = "the testbed") -
                              "run on this machine, where the jammer's traffic does not reach it: its images would "
                              "be labelled jammed while sent at full capacity",
                              "use a trace or radio link for jamming on the embedded testbed, or jamming: none")
-        if kind == "radio":
-            emulated = [n for n in [*testbed.clients, edge] if testbed.nodes[n].radio.port == "emulated"]
-            if emulated and remote_jammers:
-                raise _error(scenario, jloc, f"condition {cond.name}: emulated radios follow the jammer's load "
-                             f"through the medium file on this machine; the jammer {', '.join(remote_jammers)} "
-                             "runs elsewhere", "run the jammer locally, or use real radios")

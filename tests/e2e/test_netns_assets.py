@@ -96,3 +96,38 @@ def test_the_run_refuses_when_a_node_lacks_a_pushed_trace(provisioned_lab, tmp_p
     msg = str(ei.value)
     assert "client-1: assets:" in msg and "never-pushed.csv" in msg and "\n" not in msg
     assert f"hilbed provision --testbed {tb_path} --scenario {sc}" in msg
+
+
+def test_emulated_radios_here_follow_a_remote_jammer_through_the_relay(provisioned_lab, synthetic_model, tmp_path):
+    """The jammer is a lab host; the client, the edge and their emulated radios run here. The relay writes the
+    remote jammer's measurements into this run's medium file, which the radio emulator follows: a jammed
+    condition loses frames, its records carry the jammer's measured load, and nothing is refused."""
+    import yaml
+
+    from hilbed.orchestrator.run.runner import Runner
+    _, tb_path, _ = provisioned_lab
+    raw = yaml.safe_load(Path(tb_path).read_text())
+    for n in ("client-1", "edge"):
+        raw["nodes"][n].update(transport={"kind": "local"}, address="127.0.0.1",
+                               radio={"protocol": "spinel", "port": "emulated", "channel": 15})
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text(yaml.safe_dump(raw))
+    sc = tmp_path / "radio.yaml"
+    sc.write_text("""\
+name: netns-radio-relay
+workload: {dataset: synthetic, model: synthetic-cnn, images_per_trial: 6, image_size: 32, seed: 0}
+stream: {period_ms: 300}
+codecs:
+  - {codec: jpeg, params: {quality: 50}, label: q50}
+conditions:
+  - {name: quiet, jamming: none, link: {kind: radio}}
+  - {name: jammed, jamming: heavy, link: {kind: radio}}
+""")
+    out = Runner(mixed, sc, results_dir=tmp_path / "runs", quiet=True, make_report=False).execute()
+    assert out.state == "complete" and out.records == out.planned == 12, out.state
+    df = pd.read_parquet(out.run_dir / "results.parquet")
+    quiet, jammed = df[df.condition == "quiet"], df[df.condition == "jammed"]
+    assert (jammed.jammer_load > 0).all() and (quiet.jammer_load.fillna(0) == 0).all()
+    assert quiet.deadline_met.mean() > jammed.deadline_met.mean()  # the emulated medium felt the remote jammer
+    medium = json.loads((out.run_dir / "medium.json").read_text())
+    assert medium.get("relayed") is True  # written by the relay, not by a jammer on this machine

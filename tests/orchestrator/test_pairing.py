@@ -52,6 +52,8 @@ def _testbed(tmp_path, text: str):
     ("{kind: direct}", "heavy", LOCAL.replace("JAMMER", "  jam-1: {roles: [jammer]}"), "where the jammer's traffic does not reach it"),
     ("{kind: radio}", "none", LOCAL.replace("JAMMER", ""), "a radio link needs a radio on client-1, edge-1"),
     ("{kind: tc, rate_kbps: 250}", "none", LOCAL.replace("JAMMER", ""), "needs the network interface"),
+    ("{kind: radio}", "none", SSH.replace("user: pi}}", "user: pi}, radio: {protocol: spinel, port: emulated}}"),
+     "emulated radios run on this machine, but client-1, edge-1 run elsewhere"),
 ])
 def test_conditions_the_testbed_cannot_apply_are_errors_with_a_line(tmp_path, link, jamming, testbed, message):
     sc = _scenario(tmp_path, link, jamming)
