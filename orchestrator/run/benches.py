@@ -53,7 +53,7 @@ DONE_STATES = ("complete", "complete_unapplied")
 RETRIES = 1
 EXECUTORS = ("local", "ray")
 
-# the parent's events.jsonl kinds (better as RunEvent members; registered here so this module stands alone)
+# the parent's events.jsonl kinds
 PART_STARTED, PART_FINISHED, PART_RETRIED = (RunEvent.BENCH_PART_STARTED, RunEvent.BENCH_PART_FINISHED,
                                              RunEvent.BENCH_PART_RETRIED)
 
