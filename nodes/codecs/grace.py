@@ -5,9 +5,12 @@ Algorithm 1 / Theorem 1 turns a per-block loss budget B into d_n
 (water-filling under d_n <= theta_n = |g_n||s_n|) and q_n = 2 d_n / |g_n|,
 from the model's spectral sensitivity |g_n| and coefficient amplitudes |s_n|
 that :mod:`hilbed.nodes.codecs.fitting.grace` probes offline. The 3 x 64
-tables are used verbatim (rounded, clamped to 1..255), 4:4:4, with the
-custom G-YUV colour transform, so a stock JPEG decoder reads the stream; the
-edge applies the matching inverse transform.
+tables are used verbatim (rounded, clamped to 1..255), 4:4:4 by default or
+4:2:0 (``subsampling``), with the custom G-YUV colour transform (or BT.601),
+so a stock JPEG decoder reads the stream; the edge applies the matching
+inverse transform. ``huffman: shared`` re-codes abbreviated streams with
+Huffman tables fitted on the fit set and pre-shared like the quantisation
+tables.
 
 The artifact holds the probe statistics, not the tables, so one fit serves
 the whole rate-accuracy curve: ``budget`` (B as a fraction of sum(theta), the
@@ -31,10 +34,13 @@ from hilbed.nodes.codecs.jpeg_tables import (
     HUFFMAN_MODES,
     ColourTransform,
     JpegProfile,
+    SharedHuffmanProfile,
+    huffman_from_json,
     optimize_for,
 )
 
 KIND = "grace"
+HUFFMAN_FILE = "huffman.json"  # shared Huffman tables per (colour, subsampling, amplitude, budget), optional
 
 
 # --------------------------------------------------------- the maths ---
@@ -95,24 +101,51 @@ class GraceProbe:
         d = json.loads(art.read_bytes("probe.json"))
         self.artifact = art
         self.weights = tuple(d["weights_gyuv"])
+        # "gyuv420"/"bt601420" (newer fits): Y, and U/V probed 2x2-subsampled, for subsampling 4:2:0
         self.stats = {k: {a: np.array(d[k][a]).reshape(3, 8, 8) for a in ("g_abs", "s_abs", "s_max")}
-                      for k in ("gyuv", "bt601", "rgb")}
+                      for k in ("gyuv", "bt601", "rgb", "gyuv420", "bt601420") if k in d}
 
-    def gs(self, colour: str = "gyuv", amplitude: str = "blockmax") -> tuple[np.ndarray, np.ndarray]:
-        st = self.stats[colour]
+    def gs(self, colour: str = "gyuv", amplitude: str = "blockmax",
+           subsampling: str = "4:4:4") -> tuple[np.ndarray, np.ndarray]:
+        """|g|, |s| of ``colour``; with 4:2:0 those of the subsampled probe when the artifact has one."""
+        st = self.stats.get(colour + "420") if subsampling == "4:2:0" else None
+        st = st or self.stats[colour]
         return st["g_abs"], st[self.AMPLITUDE[amplitude]]
 
-    def theta_sum(self, colour: str = "gyuv", amplitude: str = "blockmax") -> float:
-        g, s = self.gs(colour, amplitude)
+    def theta_sum(self, colour: str = "gyuv", amplitude: str = "blockmax", subsampling: str = "4:4:4") -> float:
+        g, s = self.gs(colour, amplitude, subsampling)
         return float((g * s).sum())
 
     def tables(self, budget: float | None = None, B: float | None = None, colour: str = "gyuv",
-               amplitude: str = "blockmax") -> np.ndarray:
-        g, s = self.gs(colour, amplitude)
+               amplitude: str = "blockmax", subsampling: str = "4:4:4") -> np.ndarray:
+        g, s = self.gs(colour, amplitude, subsampling)
         if not B:
-            B = float(budget) * self.theta_sum(colour, amplitude)
+            B = float(budget) * self.theta_sum(colour, amplitude, subsampling)
         q = quant_tables(g, s, B)
         return np.clip(np.rint(np.nan_to_num(q, posinf=255.0)), 1, 255).astype(np.int64).reshape(3, 64)
+
+    def huffman(self, budget: float, colour: str = "gyuv", subsampling: str = "4:4:4",
+                amplitude: str = "blockmax") -> tuple[float, dict] | None:
+        """(fitted budget, tables) of the artifact's shared Huffman tables nearest ``budget`` (in log budget) for
+        this colour/subsampling/amplitude; None when the artifact has none. Any nearby set is valid (every legal
+        symbol has a code), the nearest is the best fitted."""
+        sets = self.huffman_sets().get((colour, subsampling, amplitude))
+        if not sets:
+            return None
+        b = min(sets, key=lambda k: abs(np.log(k) - np.log(max(budget, 1e-9))))
+        return b, sets[b]
+
+    def huffman_sets(self) -> dict:
+        if getattr(self, "_huffman", None) is None:
+            self._huffman = {}
+            try:
+                doc = json.loads(self.artifact.read_bytes(HUFFMAN_FILE))
+            except (FileNotFoundError, KeyError, OSError):
+                doc = {"sets": []}
+            for e in doc["sets"]:
+                self._huffman.setdefault((e["colour"], e["subsampling"], e["amplitude"]), {})[float(e["budget"])] = \
+                    huffman_from_json(e["tables"])
+        return self._huffman
 
     def colour(self, colour: str = "gyuv") -> ColourTransform:
         return ColourTransform.of(self.weights) if colour == "gyuv" else ColourTransform(*BT601)
@@ -135,9 +168,16 @@ class GraceCodec(Codec):
         "colour": Param(str, "gyuv", choices=("gyuv", "bt601"), doc="G-YUV of Theorem 2, or JPEG's BT.601 (ablation)"),
         "amplitude": Param(str, "blockmax", choices=("blockmax", "mean"), doc="|s_n| for Eq. 2: per-image block "
                            "maximum averaged over images, or the mean over all blocks"),
+        "subsampling": Param(str, "4:4:4", choices=("4:4:4", "4:2:0"), doc="chroma sampling; 4:2:0 applies the "
+                             "U/V tables to 2x2-subsampled chroma (see chroma_stats)"),
+        "chroma_stats": Param(str, "full", choices=("full", "subsampled"), doc="with 4:2:0: U/V tables from the "
+                              "full-resolution probe (default; measured better on CIFAR) or from the probe of the "
+                              "2x2-subsampled planes (artifacts fitted since the 4:2:0 probe)"),
         "headers": Param(str, "full", choices=HEADER_MODES, doc="full streams, or abbreviated with pre-shared tables"),
-        "huffman": Param(str, "auto", choices=HUFFMAN_MODES, doc="optimized (per image) or standard (pre-shared) "
-                         "Huffman tables; auto: optimized with full headers, standard when abbreviated"),
+        "huffman": Param(str, "auto", choices=HUFFMAN_MODES + ("shared",), doc="optimized (per image) or standard "
+                         "(pre-shared) Huffman tables; auto: optimized with full headers, standard when abbreviated; "
+                         "shared: tables optimised on the fit set for this configuration (stored in the artifact, "
+                         "nearest fitted budget), pre-shared like the quantisation tables"),
         "fit_dataset": Param(str, "synthetic", doc="auto-fit only: probe dataset"),
         "fit_model": Param(str, "synthetic-cnn", doc="auto-fit only: target model"),
         "probe_images": Param(int, AUTO_PROBE_IMAGES, 1, 100000, doc="auto-fit only: probe set size"),
@@ -155,10 +195,24 @@ class GraceCodec(Codec):
             art = first_use_fitter("grace")(p, store)
         self.probe = GraceProbe(art)
         self.artifact_id = art.id
-        self.tables = self.probe.tables(p["budget"], p["B"], p["colour"], p["amplitude"])
-        self.profile = JpegProfile(tables=self.tables, colour=self.probe.colour(p["colour"]),
-                                   optimize=optimize_for(p["huffman"], p["headers"]), subsampling="4:4:4",
-                                   headers=p["headers"])
+        stats = "4:2:0" if p["subsampling"] == "4:2:0" and p["chroma_stats"] == "subsampled" else "4:4:4"
+        if stats == "4:2:0" and p["colour"] + "420" not in self.probe.stats:
+            raise CodecParamsError("chroma_stats", f"{art.id} has no subsampled-chroma probe: refit")
+        self.tables = self.probe.tables(p["budget"], p["B"], p["colour"], p["amplitude"], stats)
+        if p["huffman"] == "shared":
+            budget = p["B"] / self.probe.theta_sum(p["colour"], p["amplitude"], stats) if p["B"] else p["budget"]
+            found = self.probe.huffman(budget, p["colour"], p["subsampling"], p["amplitude"])
+            if found is None:
+                raise CodecParamsError("huffman", f"{art.id} has no shared Huffman tables for colour {p['colour']}, "
+                                       f"{p['subsampling']}, amplitude {p['amplitude']}: refit with `hilbed fit grace "
+                                       "--huffman-images N`")
+            self.huffman_budget, tables = found
+            self.profile = SharedHuffmanProfile(tables=self.tables, colour=self.probe.colour(p["colour"]),
+                                                subsampling=p["subsampling"], headers=p["headers"], huffman=tables)
+        else:
+            self.profile = JpegProfile(tables=self.tables, colour=self.probe.colour(p["colour"]),
+                                       optimize=optimize_for(p["huffman"], p["headers"]),
+                                       subsampling=p["subsampling"], headers=p["headers"])
 
     @classmethod
     def prepare(cls, params: dict) -> None:

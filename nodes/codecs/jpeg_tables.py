@@ -785,3 +785,186 @@ def fit_huffman(streams, min_count: int = 1) -> dict[tuple[int, int], HuffTable]
             h[legal] = np.maximum(h[legal], min_count)
         out[(tc, th)] = optimal_table(h)
     return out
+
+
+# --------------------------------------- shared Huffman tables: the fast path (numpy) ---
+#
+# What a codec with ``huffman: shared`` runs per image: libjpeg writes the stream with its standard
+# tables, :func:`recode_fast` re-codes the scan with the configuration's shared tables. The decoder
+# needs nothing new (the shared DHT is part of the tables-only stream). Same results as
+# :func:`scan_symbols` / :func:`encode_symbols` / :func:`recode`, vectorised where numpy can: 16-bit
+# peek windows at every bit position in one pass, cached per-table lookup arrays, and the bit packing
+# of the re-coded symbols; only the walk from one code to the next stays a Python loop.
+
+_POW16 = (1 << np.arange(15, -1, -1)).astype(np.int64)
+
+
+@lru_cache(maxsize=256)
+def _lookup_np(table: HuffTable) -> tuple[list[int], list[int]]:
+    """(symbol, code length) for every 16-bit peek value, as Python lists (fastest to index in the loop)."""
+    sym = np.full(65536, -1, np.int64)
+    ln = np.zeros(65536, np.int64)
+    for s, (code, length) in table.codes().items():
+        lo = code << (16 - length)
+        sym[lo:lo + (1 << (16 - length))] = s
+        ln[lo:lo + (1 << (16 - length))] = length
+    return sym.tolist(), ln.tolist()
+
+
+@lru_cache(maxsize=256)
+def _code_arrays(table: HuffTable) -> tuple[np.ndarray, np.ndarray]:
+    """(code, length) per symbol 0..255 (length 0: no code)."""
+    code = np.zeros(256, np.int64)
+    ln = np.zeros(256, np.int64)
+    for s, (c, n) in table.codes().items():
+        code[s], ln[s] = c, n
+    return code, ln
+
+
+@lru_cache(maxsize=64)
+def _scan_plan(header: bytes):
+    """Parse a stream's header once per distinct header (a configuration's streams share it)."""
+    tables, comps, size, scan, start, _ = _scan_layout(header + EOI)
+    order, mcus = _blocks_per_mcu(comps, size, scan)
+    return tables, order, mcus, start
+
+
+def scan_symbols_fast(full: bytes) -> tuple[np.ndarray, dict[tuple[int, int], HuffTable]]:
+    """:func:`scan_symbols` as an (N, 5) int array (class, table id, symbol, extra value, extra length) + tables."""
+    sos = _sos_offset(full)
+    if sos < 0:
+        raise JpegStreamError("no SOS marker")
+    seg_len = (full[sos + 2] << 8) | full[sos + 3]
+    start = sos + 2 + seg_len
+    tables, order, mcus, _ = _scan_plan(full[:start])
+    end = full.rfind(EOI)
+    if end < start:
+        raise JpegStreamError("no EOI after the scan")
+    data = np.frombuffer(_unstuff(full[start:end]), np.uint8)
+    nbits = 8 * len(data)
+    bits = np.concatenate([np.unpackbits(data), np.ones(48, np.uint8)]).astype(np.int64)
+    win = (np.lib.stride_tricks.sliding_window_view(bits, 16) @ _POW16).tolist()
+    looks = {k: _lookup_np(t) for k, t in tables.items()}
+    plan = [(looks[(0, td)], looks[(1, ta)], td, ta) for td, ta, _k in order]
+    out: list[tuple[int, int, int, int, int]] = []
+    app = out.append
+    pos = 0
+    for _ in range(mcus):
+        for (dsym, dlen), (asym, alen), td, ta in plan:
+            w = win[pos]
+            s, ln = dsym[w], dlen[w]
+            if ln == 0:
+                raise JpegStreamError("bad DC code")
+            pos += ln
+            app((0, td, s, (win[pos] >> (16 - s)) if s else 0, s))
+            pos += s
+            k = 1
+            while k < 64:
+                w = win[pos]
+                rs, ln = asym[w], alen[w]
+                if ln == 0:
+                    raise JpegStreamError("bad AC code")
+                pos += ln
+                s = rs & 15
+                app((1, ta, rs, (win[pos] >> (16 - s)) if s else 0, s))
+                pos += s
+                if s == 0:
+                    if rs != 0xF0:
+                        break
+                    k += 16
+                else:
+                    k += (rs >> 4) + 1
+        if pos > nbits:
+            raise JpegStreamError("scan data ends early")
+    return np.array(out, np.int64).reshape(-1, 5), tables
+
+
+_BITPOS = np.arange(31, -1, -1, dtype=np.int64)
+
+
+def encode_symbols_fast(syms: np.ndarray, tables: dict[tuple[int, int], HuffTable]) -> bytes:
+    """:func:`encode_symbols` in numpy: every symbol's code and extra bits packed at once."""
+    if not len(syms):
+        return b""
+    code = np.zeros(len(syms), np.int64)
+    clen = np.zeros(len(syms), np.int64)
+    for (tc, th), t in tables.items():
+        sel = (syms[:, 0] == tc) & (syms[:, 1] == th)
+        if sel.any():
+            c, n = _code_arrays(t)
+            code[sel], clen[sel] = c[syms[sel, 2]], n[syms[sel, 2]]
+    if np.any(clen == 0):
+        raise JpegStreamError("a symbol has no code in the shared Huffman tables")
+    ln = syms[:, 4]
+    val = (code << ln) | syms[:, 3]
+    total = clen + ln  # <= 16 + 11 bits
+    shift = total[:, None] - 32 + _BITPOS[None, :]  # bit j of 32, msb first, aligned to the right end
+    keep = shift >= 0
+    bits = ((val[:, None] >> np.where(keep, shift, 0)) & 1)[np.broadcast_to(keep, shift.shape)]
+    pad = (-len(bits)) % 8
+    if pad:
+        bits = np.concatenate([bits, np.ones(pad, np.int64)])
+    return np.packbits(bits.astype(np.uint8)).tobytes().replace(b"\xff", b"\xff\x00")
+
+
+def recode_fast(full: bytes, tables: dict[tuple[int, int], HuffTable]) -> bytes:
+    """:func:`recode`, byte for byte, with :func:`scan_symbols_fast` / :func:`encode_symbols_fast`."""
+    syms, own = scan_symbols_fast(full)
+    for k in own:
+        if k not in tables:
+            raise JpegStreamError(f"no shared Huffman table for class {k[0]} id {k[1]}")
+    used = {k: tables[k] for k in own}
+    return _recoded_header(full, used) + encode_symbols_fast(syms, used) + EOI
+
+
+def _recoded_header(full: bytes, used: dict[tuple[int, int], HuffTable]) -> bytes:
+    sos = _sos_offset(full)
+    seg_len = (full[sos + 2] << 8) | full[sos + 3]
+    return _recoded_header_cached(full[:sos + 2 + seg_len], tuple(sorted(used.items())))
+
+
+@lru_cache(maxsize=64)
+def _recoded_header_cached(header: bytes, used: tuple) -> bytes:
+    segs, sos = parse_header(header + EOI)
+    front = b"".join(s.raw for s in segs if s.marker != M_DHT)
+    return SOI + front + dht_segment(dict(used)) + header[sos:]
+
+
+def huffman_to_json(tables: dict[tuple[int, int], HuffTable]) -> list:
+    return [[tc, th, list(t.bits), list(t.vals)] for (tc, th), t in sorted(tables.items())]
+
+
+def huffman_from_json(doc) -> dict[tuple[int, int], HuffTable]:
+    return {(int(tc), int(th)): HuffTable(tuple(int(b) for b in bits), tuple(int(v) for v in vals))
+            for tc, th, bits, vals in doc}
+
+
+@dataclass
+class SharedHuffmanProfile(JpegProfile):
+    """A :class:`JpegProfile` whose Huffman tables are fixed ones (fitted on a fit set) instead of libjpeg's.
+
+    libjpeg writes standard tables (``optimize`` False), :func:`recode_fast` re-codes the scan with
+    ``huffman``; abbreviated, the shared DHT goes into the tables-only stream with the DQT. The decoder is
+    :class:`JpegProfile`'s: the spliced (or full) stream is a plain baseline JPEG.
+    """
+
+    huffman: dict | None = None
+
+    def __post_init__(self):
+        self.optimize = False
+        super().__post_init__()
+        if not self.huffman:
+            raise ValueError("SharedHuffmanProfile needs Huffman tables")
+
+    def _full(self, image: np.ndarray, optimize: bool | None = None) -> bytes:
+        return recode_fast(super()._full(image, False), self.huffman)
+
+    @property
+    def tables_stream(self) -> bytes:
+        if self._shared is None:
+            self._shared = split_stream(self._full(_DUMMY), self.markers)[0]
+        return self._shared
+
+    def standard_stream(self, image: np.ndarray) -> bytes:
+        """The stream before re-coding (libjpeg's standard tables), e.g. to fit tables on."""
+        return JpegProfile._full(self, image, False)

@@ -359,8 +359,15 @@ def cmd_eval(args) -> int:
     with _quiet_stdout(args):
         paths = E.write_outputs(rows, out_dir, f"{meta['dataset']} / {args.model} (n={meta['n']})", meta)
     paths["partial"] = log.path
+    from hilbed.nodes.codecs.fitting.envelope import compare_to_envelope, describe
+    env = compare_to_envelope(rows)  # bytes vs JPEG's best envelope at equal top-1, 70-82 % (docs/codecs.md)
+    env_mono = compare_to_envelope(rows, hull="monotone")
+    if env:
+        (out_dir / "vs_jpeg_envelope.json").write_text(json.dumps({"convex": env, "monotone": env_mono}, indent=2))
+        paths["envelope"] = out_dir / "vs_jpeg_envelope.json"
     if wants_json(args):
         emit(args, {"meta": meta, "rows": rows, "vs_jpeg": E.compare_to_reference(rows),
+                    "vs_jpeg_envelope": {"convex": env, "monotone": env_mono},
                     "files": {k: str(v) for k, v in paths.items()}})
         return 0
     from rich.table import Table
@@ -386,6 +393,8 @@ def cmd_eval(args) -> int:
                                  + (f"; vs jpeg's Pareto front {c['front_ratio']:.3f}x" if c["front_ratio"] else "")))
             else:
                 con.print(escape(f"{fam}: no point reaches a jpeg point's top-1"))
+    for name, c in env.items():
+        con.print(escape(describe(name, c, env_mono.get(name))))
     con.print(escape(f"results: {', '.join(str(p) for p in paths.values())}"))
     return 0
 

@@ -20,8 +20,20 @@ import numpy as np
 
 from hilbed.nodes.codecs import fitting as F
 from hilbed.nodes.codecs.artifacts import Artifact, ArtifactStore
-from hilbed.nodes.codecs.grace import AUTO_PROBE_IMAGES, KIND, GraceProbe
-from hilbed.nodes.codecs.jpeg_tables import BT601, ColourTransform
+from hilbed.nodes.codecs.grace import AUTO_PROBE_IMAGES, HUFFMAN_FILE, KIND, GraceProbe
+from hilbed.nodes.codecs.jpeg_tables import (
+    BT601,
+    ColourTransform,
+    HuffTable,
+    JpegProfile,
+    huffman_to_json,
+    optimal_table,
+    scan_symbols_fast,
+)
+
+#: budgets (fractions of sum theta) the shared Huffman tables are fitted for; a codec uses the nearest
+HUFFMAN_BUDGETS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8, 1.0)
+HUFFMAN_CONFIGS = (("gyuv", "4:4:4"), ("bt601", "4:4:4"), ("gyuv", "4:2:0"), ("bt601", "4:2:0"))
 
 # --------------------------------------------------------- Theorem 2 ---
 
@@ -100,14 +112,114 @@ def probe(loaded, images: np.ndarray, labels: np.ndarray, colour: ColourTransfor
     return out
 
 
+def probe_420(loaded, images: np.ndarray, labels: np.ndarray, colour: ColourTransform, batch: int = 32,
+              progress=None) -> dict:
+    """:func:`probe` for 4:2:0: U and V 2x2-averaged before their block DCT and upsampled bilinearly (libjpeg's
+    "fancy" triangle upsampling) after the inverse, so their |g|, |s| are those of the subsampled planes' blocks
+    (each covering 16x16 pixels); Y as in :func:`probe`."""
+    import torch
+    import torch.nn.functional as TF
+
+    from hilbed.nodes.codecs.dct import block_dct_t, block_idct_t
+    from hilbed.nodes.codecs.fitting import normaliser, to_nchw
+
+    model = loaded.module.eval()
+    norm = normaliser(loaded)
+    dev = loaded.device
+    phi = torch.tensor(colour.matrix(), dtype=torch.float32, device=dev)
+    phi_inv = torch.tensor(colour.inverse_matrix(), dtype=torch.float32, device=dev)
+    size = images.shape[1:3]
+    csize = ((size[0] + 1) // 2, (size[1] + 1) // 2)
+    acc = {k: torch.zeros(3, 8, 8, dtype=torch.float64) for k in ("g", "s", "smax")}
+    count = torch.zeros(3, dtype=torch.float64)
+    n_img = 0
+    for i in range(0, len(images), batch):
+        x = to_nchw(images[i:i + batch], dev)
+        y = torch.as_tensor(labels[i:i + batch], device=dev)
+        planes = torch.einsum("ij,njhw->nihw", phi, x)
+        lum = block_dct_t(planes[:, :1] - 128.0).detach().requires_grad_(True)
+        chroma = TF.avg_pool2d(planes[:, 1:], 2, ceil_mode=True)
+        chr_s = block_dct_t(chroma).detach().requires_grad_(True)
+        rec_y = block_idct_t(lum, size) + 128.0
+        rec_c = TF.interpolate(block_idct_t(chr_s, csize), size=size, mode="bilinear", align_corners=False)
+        rgb = torch.einsum("ij,njhw->nihw", phi_inv, torch.cat([rec_y, rec_c], 1))
+        loss = TF.cross_entropy(model(norm(rgb)), y, reduction="sum")
+        g_y, g_c = torch.autograd.grad(loss, (lum, chr_s))
+        for sl, g, sv in ((slice(0, 1), g_y, lum), (slice(1, 3), g_c, chr_s)):
+            a = sv.detach().abs()
+            acc["g"][sl] += g.abs().sum(dim=(0, 2, 3)).double().cpu()
+            acc["s"][sl] += a.sum(dim=(0, 2, 3)).double().cpu()
+            acc["smax"][sl] += a.amax(dim=(2, 3)).sum(dim=0).double().cpu()
+            count[sl] += g.shape[0] * g.shape[2] * g.shape[3]
+        n_img += x.shape[0]
+        if progress:
+            progress("probing 4:2:0 YUV gradients", min(1.0, (i + batch) / len(images)))
+    c = count.view(3, 1, 1)
+    return {"g_abs": (acc["g"] / c).numpy(), "s_abs": (acc["s"] / c).numpy(), "s_max": (acc["smax"] / n_img).numpy()}
+
+
+def fit_huffman_fast(streams, min_count: int = 1) -> dict[tuple[int, int], HuffTable]:
+    """:func:`hilbed.nodes.codecs.jpeg_tables.fit_huffman` on the fast (numpy) symbol parser."""
+    hist: dict[tuple[int, int], np.ndarray] = {}
+    for full in streams:
+        syms, _ = scan_symbols_fast(full)
+        for key in {(int(a), int(b)) for a, b in syms[:, :2]}:
+            sel = (syms[:, 0] == key[0]) & (syms[:, 1] == key[1])
+            hist[key] = hist.get(key, 0) + np.bincount(syms[sel, 2], minlength=256)
+    legal_dc = np.zeros(256, bool)
+    legal_dc[:12] = True
+    legal_ac = np.zeros(256, bool)
+    legal_ac[[r << 4 | s for r in range(16) for s in range(1, 11)] + [0x00, 0xF0]] = True
+    out = {}
+    for (tc, th), h in hist.items():
+        h = h.copy()
+        legal = legal_ac if tc else legal_dc
+        if min_count:
+            h[legal] = np.maximum(h[legal], min_count)
+        out[(tc, th)] = optimal_table(h)
+    return out
+
+
+class _Files:
+    def __init__(self, files: dict[str, bytes]):
+        self.files = files
+
+    def read_bytes(self, name: str) -> bytes:
+        return self.files[name]
+
+
+def fit_shared_huffman(probe_json: bytes, images: np.ndarray, budgets=HUFFMAN_BUDGETS, configs=HUFFMAN_CONFIGS,
+                       amplitude: str = "blockmax", progress=None) -> dict:
+    """Huffman tables optimised on ``images`` for every (colour, subsampling, budget): what ``huffman: shared``
+    pre-shares. Streams are libjpeg's (standard tables), their symbols counted, T.81 K.2 tables built."""
+    pr = GraceProbe(_Files({"probe.json": probe_json}))
+    sets = []
+    todo = [(c, ss, b) for c, ss in configs for b in budgets]
+    for i, (colour, sub, b) in enumerate(todo):
+        prof = JpegProfile(tables=pr.tables(b, None, colour, amplitude), colour=pr.colour(colour), optimize=False,
+                           subsampling=sub)
+        tables = fit_huffman_fast(prof._full(x) for x in images)
+        sets.append({"colour": colour, "subsampling": sub, "amplitude": amplitude, "budget": float(b),
+                     "tables": huffman_to_json(tables)})
+        if progress:
+            progress("fitting shared Huffman tables", (i + 1) / len(todo))
+    return {"version": 1, "images": int(len(images)), "sets": sets}
+
+
 def fit_grace(images: np.ndarray, labels: np.ndarray, loaded, source_meta: dict, store: ArtifactStore,
-              progress=None) -> Artifact:
-    """Algorithm 2 up to the tables: probe RGB -> G-YUV weights -> probe G-YUV (and BT.601 for ablation)."""
+              progress=None, huffman_images: np.ndarray | None = None, huffman_meta: dict | None = None) -> Artifact:
+    """Algorithm 2 up to the tables: probe RGB -> G-YUV weights -> probe G-YUV (and BT.601 for ablation).
+
+    With ``huffman_images``, also the shared Huffman tables (:func:`fit_shared_huffman`) in ``huffman.json``.
+    """
     rgb = probe(loaded, images, labels, None, keep_ratios=True, progress=progress)
     weights, z1, z2 = theorem2(rgb["ratio_bg"], rgb["ratio_rg"])
     gyuv = ColourTransform.of(weights)
     yuv = probe(loaded, images, labels, gyuv, progress=progress)
     std = probe(loaded, images, labels, ColourTransform(*BT601), progress=progress)
+
+    sub = {k: probe_420(loaded, images, labels, ct, progress=progress)
+           for k, ct in (("gyuv420", gyuv), ("bt601420", ColourTransform(*BT601)))}
 
     def r(a):
         return [[round(float(v), 10) for v in row.ravel()] for row in a]
@@ -119,12 +231,17 @@ def fit_grace(images: np.ndarray, labels: np.ndarray, loaded, source_meta: dict,
         "bt601": {"g_abs": r(std["g_abs"]), "s_abs": r(std["s_abs"]), "s_max": r(std["s_max"])},
         "rgb": {"g_abs": r(rgb["g_abs"]), "s_abs": r(rgb["s_abs"]), "s_max": r(rgb["s_max"])},
         "blocks_per_probe": int(yuv["blocks"]),
+        **{k: {"g_abs": r(v["g_abs"]), "s_abs": r(v["s_abs"]), "s_max": r(v["s_max"])} for k, v in sub.items()},
     }
     theta_sum = {f"{k}/{a}": float((np.array(data[k]["g_abs"]) * np.array(data[k][a])).sum())
                  for k in ("gyuv", "bt601") for a in ("s_max", "s_abs")}
     meta = {**source_meta, "algorithm": "GRACE (Xie & Kim 2019) Alg. 2", "weights_gyuv": data["weights_gyuv"],
             "theta_sum": theta_sum, "loss": "cross-entropy (NLL), per image"}
     files = {"probe.json": json.dumps(data, sort_keys=True).encode()}
+    if huffman_images is not None and len(huffman_images):
+        files[HUFFMAN_FILE] = json.dumps(fit_shared_huffman(files["probe.json"], huffman_images, progress=progress),
+                                         sort_keys=True).encode()
+        meta["huffman"] = {"images": int(len(huffman_images)), **(huffman_meta or {})}
     return store.put(KIND, files, meta)
 
 
@@ -156,13 +273,22 @@ def fit_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budgets", default="0.2,0.3,0.4,0.5,0.6",
                         help="budgets (fractions of sum theta) to summarise after the fit (default 0.2..0.6, the "
                              "range docs/codecs.md measures on CIFAR-10)")
+    parser.add_argument("--huffman-images", type=int, default=0,
+                        help="also fit shared Huffman tables (`huffman: shared`) on this many images of --dataset "
+                             "(seeded, after the probe images' draw) for colours gyuv/bt601 x 4:4:4/4:2:0 x budgets "
+                             f"{','.join(map(str, HUFFMAN_BUDGETS))}; 0: none (default)")
 
 
 def fit_main(args: argparse.Namespace, store: ArtifactStore) -> Artifact:
     F.set_threads(getattr(args, "threads", None))
     x, y, loaded, src = F.prepare(args.dataset, args.model, args.probe_images, args.size, args.seed, args.device,
                                   getattr(args, "progress", None))
-    art = fit_grace(x, y, loaded, src.meta(), store, getattr(args, "progress", None))
+    hx = None
+    if args.huffman_images:
+        hx, _ = F.load_images(F.open_dataset(args.dataset, args.size, "train", args.huffman_images, args.seed),
+                              args.huffman_images, args.seed + 1)
+    art = fit_grace(x, y, loaded, src.meta(), store, getattr(args, "progress", None), hx,
+                    {"dataset": F.dataset_spec(args.dataset), "seed": args.seed + 1} if hx is not None else None)
     pr = GraceProbe(art)
     summary = []
     for b in [float(v) for v in str(args.budgets).split(",") if v]:
