@@ -61,7 +61,8 @@ class ImageTensors:
 
 def load_images(spec: str, size: int = 32, limit: int | None = None, seed: int = 0,
                 split: str = "train") -> ImageTensors:
-    """``imagefolder:PATH``, a plain directory path, or ``synthetic[:N]``, as arrays.
+    """``imagefolder:PATH``, a plain directory path, a catalog name (``cifar10:fit``) or ``synthetic[:N]``, as
+    arrays.
 
     Folder decodes are cached as ``.npz`` under the hilbed cache, keyed by the
     path, size and the folder's file list, so the 10k CIFAR JPEGs decode once.
@@ -74,8 +75,26 @@ def load_images(spec: str, size: int = 32, limit: int | None = None, seed: int =
         for i in range(n):
             xs[i], ys[i] = make_image(i, split, seed, size)
         return ImageTensors(xs, ys, tuple(CLASSES), spec).subset(limit, seed)
-    path = spec.split(":", 1)[1] if spec.startswith("imagefolder:") else spec
     from hilbed.nodes.workload.imagefolder import ImageFolder
+    if spec.startswith("imagefolder:"):
+        path = spec.split(":", 1)[1]
+    elif Path(spec).is_dir():
+        path = spec
+    else:  # a catalog name (cifar10:fit): the files in the data root or mirror
+        from hilbed.nodes.workload import catalog
+        e = catalog.CATALOG.get(spec)
+        if e is None or isinstance(e, catalog.WeightsEntry):
+            allowed = ", ".join(["synthetic[:N]", "imagefolder:PATH", "a directory", *catalog.dataset_names()])
+            raise ValueError(f"unknown dataset {spec!r} (allowed: {allowed})")
+        where = catalog.dataset_path(spec)
+        if isinstance(e, catalog.CifarEntry):  # binary batches: already arrays, nothing to cache
+            from hilbed.nodes.workload.imagefolder import CifarBatches
+            cb = CifarBatches(where, [f for f, _ in e.files], size, spec)
+            pairs = [cb[i] for i in range(len(cb))]
+            x = np.stack([im for im, _ in pairs])
+            y = np.array([label for _, label in pairs], np.int64)
+            return ImageTensors(x, y, tuple(cb.classes), spec).subset(limit, seed)
+        path = str(where)
     ds = ImageFolder(path, size)
     listing = "\n".join(f"{p.relative_to(ds.root)}:{p.stat().st_size}" for p, _ in ds.items)
     key = hashlib.sha256(f"{ds.root.resolve()}|{size}|{listing}".encode()).hexdigest()[:16]
@@ -273,9 +292,14 @@ def json_safe(obj):
 
 
 def resolve_model_spec(spec: str) -> str:
-    """``cifar-resnet:PATH`` with PATH made absolute (so artifacts record where the teacher came from)."""
+    """``cifar-resnet:PATH`` with PATH made absolute (so artifacts record where the teacher came from); a
+    catalog weights name (``cifar-resnet:cifar10-resnet20``) stays a name, resolved by the data catalog."""
     if spec.startswith("cifar-resnet:"):
-        return "cifar-resnet:" + str(Path(spec.split(":", 1)[1]).expanduser().resolve())
+        from hilbed.nodes.workload.catalog import CATALOG
+        ref = spec.split(":", 1)[1]
+        if ref in CATALOG:
+            return spec
+        return "cifar-resnet:" + str(Path(ref).expanduser().resolve())
     return spec
 
 

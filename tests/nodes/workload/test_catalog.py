@@ -327,3 +327,15 @@ def test_scenario_with_a_wrong_split_is_one_line(repo, tmp_path):
     assert "s.yaml:7" in line and "cifar10:test, cifar10:train, cifar10:dev, cifar10:fit" in line
     (tmp_path / "s.yaml").write_text(text.replace("cifar10:val", "cifar10:test"))
     assert load_scenario(tmp_path / "s.yaml").workload.dataset == "cifar10:test"
+
+
+def test_fitters_take_catalog_names_for_data_and_weights(root, mirror):
+    """`hilbed fit ... --dataset cifar10:dev --model cifar-resnet:cifar10-resnet20` reads the catalog, not paths
+    named like the specs in the current directory."""
+    from hilbed.nodes.codecs.fitting.neural import load_images, resolve_model_spec
+    t = load_images("cifar10:dev", 32, limit=16, seed=0)
+    assert t.x.shape == (16, 32, 32, 3) and t.x.dtype == np.uint8 and len(set(t.y.tolist())) > 3
+    assert resolve_model_spec("cifar-resnet:cifar10-resnet20") == "cifar-resnet:cifar10-resnet20"
+    assert resolve_model_spec("cifar-resnet:w/r20.th").endswith("/w/r20.th")  # a path is made absolute
+    with pytest.raises(ValueError, match="unknown dataset 'cifar10:nope'"):
+        load_images("cifar10:nope", 32)
