@@ -21,7 +21,7 @@ Runs:
 End-to-end latency is from the image's scheduled send time to its reply's
 arrival at the client (one clock: both processes are on this machine).
 
-    python benchmarks/edge_scale.py [--period-ms 40] [--deadline-ms 100] [--duration-s 4]
+    python benchmarks/edge_scale.py [--period-ms 50] [--deadline-ms 100] [--duration-s 4]
         [--max-batch 16] [--max-wait-ms 2] [--clients 1,4,16]
 """
 
@@ -157,7 +157,7 @@ def _run_clients(cfg: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--period-ms", type=float, default=40.0, help="each client's image period (open loop)")
+    ap.add_argument("--period-ms", type=float, default=50.0, help="each client's image period (open loop); 16 clients at 50 ms offer 320 images/s, about 3x what one client gets through sequentially on 2 cores")
     ap.add_argument("--deadline-ms", type=float, default=100.0, help="per image, from its scheduled send")
     ap.add_argument("--duration-s", type=float, default=4.0)
     ap.add_argument("--max-batch", type=int, default=16)
