@@ -24,7 +24,11 @@ of per-block activity, and how much each quality's tables would remove: 72 numbe
 no ImageNet weights here, 32x32 inputs, and the paper's own analysis (§3.6)
 finds the agent keys on smooth vs textured regions, which the descriptor
 measures directly. The agent (features + a 72-64-10 MLP) is pure numpy so a
-Raspberry Pi runs and trains it without torch. With ``reference: label`` A
+Raspberry Pi runs and trains it without torch. An artifact fitted with
+``--descriptor cnn`` also carries a tiny CNN (numpy forward, ~5k parameters)
+trained to predict per-quality agreement with the reference; its 10 logits
+follow the 72 numbers (docs/codecs.md has the measurements: it does not
+help on CIFAR-10). With ``reference: label`` A
 comes from the dataset label instead of a reference upload (no extra bytes;
 a testbed-only shortcut, off by default).
 
@@ -55,10 +59,12 @@ from hilbed.nodes.codecs.jpeg_tables import (
     JpegProfile,
     optimize_for,
 )
-from hilbed.nodes.codecs.nets.adacompress import QUALITIES, Agent, Hyper, Learner, reward
+from hilbed.nodes.codecs.nets.adacompress import QUALITIES, Agent, DescriptorCNN, Hyper, Learner, reward
 
 KIND = "adacompress"
 REF_QUALITY = 75
+#: the agent's inputs: ``dct`` the frozen block-DCT descriptor; ``cnn`` that plus a learnt CNN's outputs
+DESCRIPTORS = ("dct", "cnn")
 
 
 # ---------------------------------------------------------- features ---
@@ -140,6 +146,8 @@ class AdaCompressCodec(Codec):
         "huffman": Param(str, "auto", choices=HUFFMAN_MODES, doc="auto: optimized with full headers, standard "
                          "(pre-shared) when abbreviated"),
         "seed": Param(int, 0, 0, 2**31 - 1),
+        "descriptor": Param(str, "dct", choices=DESCRIPTORS, doc="auto pre-training only: the agent's input "
+                            "(an artifact carries its own: a CNN if it was fitted with one)"),
         "fit_dataset": Param(str, "synthetic", doc="auto pre-training only"),
         "fit_model": Param(str, "synthetic-cnn", doc="auto pre-training only"),
     }
@@ -156,6 +164,7 @@ class AdaCompressCodec(Codec):
         self.ref_profile = JpegProfile(quality=REF_QUALITY, optimize=opt, subsampling="4:2:0", headers=p["headers"])
         self._store = store
         self._agent: Agent | None = None
+        self.cnn: DescriptorCNN | None = None  # the artifact's learnt descriptor, if any
         self.artifact_id = None
         self._lock = threading.RLock()
         self._rng = random.Random(p["seed"])
@@ -193,6 +202,9 @@ class AdaCompressCodec(Codec):
                     raise CodecParamsError("artifact", f"{art.id} is not an AdaCompress artifact")
                 d = json.loads(art.read_bytes("agent.json"))
                 self._agent = Agent.from_json(d["agent"], self.hp.lr)
+                desc = d.get("descriptor")  # version 1 artifacts: none (the block-DCT descriptor alone)
+                if desc and desc.get("kind") == "cnn":
+                    self.cnn = DescriptorCNN.from_json(desc["cnn"])
                 self.artifact_id = art.id
             self.cache = [self._agent]
             self.learner = Learner(self._agent, self.hp, p["seed"])
@@ -205,6 +217,13 @@ class AdaCompressCodec(Codec):
         acc = self._agent.acc if self._agent is not None else None
         return 0.6 * acc if acc else 0.5
 
+    def features(self, image: np.ndarray) -> np.ndarray:
+        """The agent's input: the block-DCT descriptor, plus the learnt CNN's outputs when the artifact has one."""
+        f = extract_features(image)
+        if self.cnn is None:
+            return f
+        return np.concatenate([f, self.cnn.forward(image)[0]]).astype(np.float32)
+
     # -- client side -----------------------------------------------------
     @classmethod
     def prepare(cls, params: dict) -> None:
@@ -214,7 +233,7 @@ class AdaCompressCodec(Codec):
     def encode(self, image: np.ndarray) -> Encoded:
         with self._lock:
             agent = self._ensure_agent()
-            f = extract_features(image)
+            f = self.features(image)
             explore = self.state == "retraining"
             a = agent.act(f, self._rng, explore)
             if not self.params["learn"]:
@@ -337,7 +356,8 @@ class AdaCompressCodec(Codec):
         states: dict[str, int] = {}
         for e in self.log:
             states[e["state"]] = states.get(e["state"], 0) + 1
-        return {"artifact": self.artifact_id, "state": self.state, "p_est": self.p_est, "cached_agents": len(self.cache),
+        return {"artifact": self.artifact_id, "descriptor": "cnn" if self.cnn is not None else "dct",
+                "state": self.state, "p_est": self.p_est, "cached_agents": len(self.cache),
                 "estimated_by_state": states, "quality_histogram": hist}
 
     # -- edge side -------------------------------------------------------

@@ -12,15 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from hilbed.nodes.codecs import fitting as F
-from hilbed.nodes.codecs.adacompress import KIND, REF_QUALITY, extract_features
+from hilbed.nodes.codecs.adacompress import DESCRIPTORS, KIND, REF_QUALITY, extract_features
 from hilbed.nodes.codecs.artifacts import Artifact, ArtifactStore
 from hilbed.nodes.codecs.jpeg_tables import HEADER_MODES, JpegProfile, optimize_for
-from hilbed.nodes.codecs.nets.adacompress import QUALITIES, Agent, Hyper, Learner, reward
+from hilbed.nodes.codecs.nets.adacompress import (QUALITIES, Agent, DescriptorCNN, Hyper, Learner, reward,
+                                                  torch_descriptor)
 
 # ------------------------------------------------------- environment ---
 
@@ -67,6 +68,66 @@ def build_env(images: np.ndarray, labels: np.ndarray, loaded, headers: str = "fu
         rdec.append(ref.decode(data))
     rprobs = np.concatenate([loaded.predict(np.stack(rdec[k:k + 256])) for k in range(0, n, 256)])
     return OfflineEnv(feats, sizes, np.array(rs, float), top5, np.argsort(-rprobs, 1)[:, :5], labels.copy())
+
+
+# ------------------------------------------------ learnt descriptor ---
+
+def descriptor_targets(env: OfflineEnv, metric: str = "top1", reference: str = "upload") -> np.ndarray:
+    """(N, 10) in {0, 1}: does the reply at each quality agree with the reference (what A rewards)."""
+    ref_mode = "label" if reference == "label" else "ref"
+    return np.array([[env.accuracy(i, a, metric, ref_mode) for a in range(len(QUALITIES))]
+                     for i in range(len(env.labels))], np.float32)
+
+
+def train_descriptor(images: np.ndarray, targets: np.ndarray, epochs: int = 30, batch: int = 128,
+                     lr: float = 3e-3, weight_decay: float = 1e-4, val_frac: float = 0.1, seed: int = 0,
+                     progress=None, widths: tuple[int, ...] = (8, 16, 24)) -> tuple[DescriptorCNN, dict]:
+    """Fit the tiny CNN (torch, CPU) to per-quality agreement (BCE, flip augmentation); numpy twin + stats."""
+    import torch
+    import torch.nn.functional as tF
+    torch.manual_seed(seed)
+    net = torch_descriptor(widths, targets.shape[1], seed=seed)
+    x = torch.from_numpy(DescriptorCNN.prep(images))
+    y = torch.from_numpy(targets.astype(np.float32))
+    perm = np.random.default_rng(seed).permutation(len(x))
+    nv = int(len(x) * val_frac)
+    vi, ti = perm[:nv], perm[nv:]
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    gen = torch.Generator().manual_seed(seed)
+    for ep in range(epochs):
+        net.train()
+        order = ti[torch.randperm(len(ti), generator=gen).numpy()]
+        for k in range(0, len(order), batch):
+            idx = torch.from_numpy(order[k:k + batch])
+            xb = x[idx]
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
+            loss = tF.binary_cross_entropy_with_logits(net(xb), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        sched.step()
+        if progress:
+            progress(f"descriptor CNN epoch {ep + 1}/{epochs} loss {float(loss):.3f}", (ep + 1) / epochs)
+    net.eval()
+    with torch.no_grad():
+        def bce(ix):
+            return float(tF.binary_cross_entropy_with_logits(net(x[ix]), y[ix])) if len(ix) else float("nan")
+        base = y[torch.from_numpy(ti)].mean(0).clamp(1e-4, 1 - 1e-4)
+        prior = (float(tF.binary_cross_entropy(base.expand(len(vi), -1), y[torch.from_numpy(vi)])) if nv
+                 else float("nan"))
+        stats = {"train_bce": bce(ti), "val_bce": bce(vi), "val_bce_prior": prior, "epochs": epochs,
+                 "images": int(len(x)), "params": int(sum(p.numel() for p in net.parameters()))}
+    return DescriptorCNN.from_torch(net), stats
+
+
+def descriptor_features(cnn: DescriptorCNN | None, images: np.ndarray, dct: np.ndarray) -> np.ndarray:
+    """The agent's input: the block-DCT descriptor, followed by the CNN's logits when there is one."""
+    if cnn is None:
+        return dct
+    logits = np.concatenate([cnn.forward(images[k:k + 256]) for k in range(0, len(images), 256)])
+    return np.concatenate([dct, logits], axis=1).astype(np.float32)
 
 
 # ------------------------------------------------------ pre-training ---
@@ -116,13 +177,27 @@ def greedy_stats(agent: Agent, env: OfflineEnv, metric: str = "top1", ref_mode: 
 
 def fit_adacompress(images: np.ndarray, labels: np.ndarray, loaded, source_meta: dict, store: ArtifactStore,
                     hp: Hyper, steps: int, metric: str, reference: str, headers: str, seed: int = 0,
-                    progress=None) -> Artifact:
-    env = build_env(images, labels, loaded, headers, None, progress)
+                    progress=None, descriptor: str = "dct", cnn_epochs: int = 30,
+                    env: OfflineEnv | None = None) -> Artifact:
+    """``env``: a :func:`build_env` of the same images, headers and model to reuse (not modified)."""
+    if descriptor not in DESCRIPTORS:
+        raise ValueError(f"descriptor {descriptor!r}: one of {DESCRIPTORS}")
+    env = build_env(images, labels, loaded, headers, None, progress) if env is None else replace(env)
+    cnn, cnn_stats = None, None
+    if descriptor == "cnn":
+        cnn, cnn_stats = train_descriptor(images, descriptor_targets(env, metric, reference), cnn_epochs,
+                                          seed=seed, progress=progress)
+        env.features = descriptor_features(cnn, images, env.features)
     agent, stats = pretrain(env, hp, steps, metric, reference, seed, progress)
-    data = {"version": 1, "agent": agent.to_json(), "hyper": asdict(hp), "metric": metric, "reference": reference,
-            "headers": headers}
+    data = {"version": 2 if cnn is not None else 1, "agent": agent.to_json(), "hyper": asdict(hp), "metric": metric,
+            "reference": reference, "headers": headers}
     meta = {**source_meta, "algorithm": "AdaCompress (He et al.) Alg. 1 DQN, offline pre-training",
-            "pretrain": stats, "hyper": asdict(hp), "metric": metric, "reference": reference, "headers": headers}
+            "pretrain": stats, "hyper": asdict(hp), "metric": metric, "reference": reference, "headers": headers,
+            "descriptor": descriptor}
+    if cnn is not None:
+        data["descriptor"] = {"kind": "cnn", "cnn": cnn.to_json()}
+        meta["descriptor_fit"] = cnn_stats
+        stats["descriptor_fit"] = cnn_stats
     return store.put(KIND, {"agent.json": json.dumps(data, sort_keys=True).encode()}, meta)
 
 
@@ -137,12 +212,15 @@ def auto_fit(params: dict, hp: Hyper, store: ArtifactStore) -> Artifact:
     settings = {"dataset": params["fit_dataset"], "model": F.model_fingerprint(params["fit_model"]),
                 "n": AUTO_IMAGES, "steps": AUTO_STEPS, "hyper": asdict(hp), "metric": params["metric"],
                 "reference": params["reference"], "headers": params["headers"], "v": 1}
+    descriptor = params.get("descriptor", "dct")
+    if descriptor != "dct":  # keeps the settings (and so the cached artifacts) of block-DCT fits unchanged
+        settings["descriptor"] = descriptor
 
     def build(st: ArtifactStore) -> Artifact:
         F.set_threads()
         x, y, loaded, src = F.prepare(params["fit_dataset"], params["fit_model"], AUTO_IMAGES, 32, 0, "cpu")
         return fit_adacompress(x, y, loaded, src.meta(), st, hp, AUTO_STEPS, params["metric"], params["reference"],
-                               params["headers"])
+                               params["headers"], descriptor=descriptor)
     return F.auto_artifact(KIND, settings, build, store)
 
 
@@ -160,6 +238,10 @@ def fit_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metric", choices=("top1", "top5"), default="top1")
     parser.add_argument("--reference", choices=("upload", "label"), default="upload")
     parser.add_argument("--headers", choices=HEADER_MODES, default="full", help="header mode of the sizes in the reward")
+    parser.add_argument("--descriptor", choices=DESCRIPTORS, default="dct",
+                        help="the agent's input: the block-DCT descriptor, or that plus a tiny CNN trained on the "
+                             "fit images to predict per-quality agreement with the reference (numpy on the client)")
+    parser.add_argument("--cnn-epochs", type=int, default=30, help="descriptor CNN epochs (--descriptor cnn)")
 
 
 def fit_main(args: argparse.Namespace, store: ArtifactStore) -> Artifact:
@@ -168,6 +250,6 @@ def fit_main(args: argparse.Namespace, store: ArtifactStore) -> Artifact:
     x, y, loaded, src = F.prepare(args.dataset, args.model, args.images, args.size, args.seed, args.device, prog)
     hp = Hyper(alpha=args.alpha, beta=args.beta, gamma=args.gamma)
     art = fit_adacompress(x, y, loaded, src.meta(), store, hp, args.steps, args.metric, args.reference, args.headers,
-                          args.seed, prog)
+                          args.seed, prog, getattr(args, "descriptor", "dct"), getattr(args, "cnn_epochs", 30))
     args.summary = art.meta["pretrain"]
     return art

@@ -120,7 +120,7 @@ class Agent:
     def fresh(cls, mu=None, sd=None, seed: int = 0, lr: float = 1e-3) -> "Agent":
         mu = np.zeros(N_FEATURES, np.float32) if mu is None else mu
         sd = np.ones(N_FEATURES, np.float32) if sd is None else sd
-        return cls(QNet(seed=seed, lr=lr), mu, sd, 1.0)
+        return cls(QNet(n_in=len(mu), seed=seed, lr=lr), mu, sd, 1.0)
 
     def norm(self, f: np.ndarray) -> np.ndarray:
         return ((f - self.mu) / self.sd).astype(np.float32)
@@ -141,6 +141,91 @@ class Agent:
     def from_json(cls, d: dict, lr: float = 1e-3) -> "Agent":
         return cls(QNet.from_json(d["qnet"], lr), np.array(d["mu"], np.float32), np.array(d["sd"], np.float32),
                    float(d.get("epsilon", 0.02)), d.get("acc"))
+
+
+class DescriptorCNN:
+    """A learnt descriptor: a tiny CNN whose numpy forward runs on the client (no torch).
+
+    Conv 3x3 stride 2 (padding 1) + ReLU layers, a global average pool and a
+    linear head. Trained offline (:func:`hilbed.nodes.codecs.fitting.adacompress.train_descriptor`)
+    to predict, for each of the agent's 10 qualities, whether the target model's
+    top-1 at that quality agrees with its top-1 on the q75 reference (logits):
+    it sees what the classifier sees, where the block-DCT descriptor only sees texture.
+    """
+
+    def __init__(self, convs: list[tuple[np.ndarray, np.ndarray]], head_w: np.ndarray, head_b: np.ndarray):
+        self.convs = [(np.asarray(w, np.float32), np.asarray(b, np.float32)) for w, b in convs]  # w (out, in, 3, 3)
+        self.head_w = np.asarray(head_w, np.float32)   # (out, hidden) like torch's Linear
+        self.head_b = np.asarray(head_b, np.float32)
+
+    @property
+    def n_out(self) -> int:
+        return int(self.head_w.shape[0])
+
+    @staticmethod
+    def prep(images: np.ndarray) -> np.ndarray:
+        """uint8 (N, H, W, 3) or (H, W, 3) -> float32 (N, 3, H, W) in [-0.5, 0.5]."""
+        x = np.asarray(images, np.float32)
+        if x.ndim == 3:
+            x = x[None]
+        return np.ascontiguousarray(np.moveaxis(x, -1, 1)) / 255.0 - 0.5
+
+    @staticmethod
+    def _conv_s2(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
+        n, c, h, wd = x.shape
+        ho, wo = (h + 1) // 2, (wd + 1) // 2
+        xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        cols = np.stack([xp[:, :, i:i + 2 * ho - 1:2, j:j + 2 * wo - 1:2] for i in range(3) for j in range(3)], 2)
+        cols = cols.reshape(n, c * 9, ho * wo)                  # (c, ki, kj) order, as w.reshape(out, -1)
+        y = np.einsum("ok,nkp->nop", w.reshape(w.shape[0], -1), cols, optimize=True) + b[None, :, None]
+        return y.reshape(n, w.shape[0], ho, wo)
+
+    def forward(self, images: np.ndarray) -> np.ndarray:
+        """(N, n_out) logits for uint8 images (N, H, W, 3); a single (H, W, 3) image gives (1, n_out)."""
+        x = self.prep(images)
+        for w, b in self.convs:
+            x = np.maximum(self._conv_s2(x, w, b), 0.0)
+        return (x.mean(axis=(2, 3)) @ self.head_w.T + self.head_b).astype(np.float32)
+
+    def to_json(self) -> dict:
+        return {"convs": [[w.tolist(), b.tolist()] for w, b in self.convs],
+                "head_w": self.head_w.tolist(), "head_b": self.head_b.tolist()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "DescriptorCNN":
+        return cls([(np.array(w, np.float32), np.array(b, np.float32)) for w, b in d["convs"]],
+                   np.array(d["head_w"], np.float32), np.array(d["head_b"], np.float32))
+
+    @classmethod
+    def from_torch(cls, module) -> "DescriptorCNN":
+        """From :func:`torch_descriptor`'s module (Conv2d/ReLU ..., then a Linear ``head``)."""
+        import torch.nn as nn
+        convs = [(m.weight.detach().cpu().numpy(), m.bias.detach().cpu().numpy())
+                 for m in module.modules() if isinstance(m, nn.Conv2d)]
+        head = module.head
+        return cls(convs, head.weight.detach().cpu().numpy(), head.bias.detach().cpu().numpy())
+
+
+def torch_descriptor(widths: tuple[int, ...] = (8, 16, 24), n_out: int = len(QUALITIES), seed: int = 0):
+    """The torch twin of :class:`DescriptorCNN` (for training; the client runs the numpy forward)."""
+    import torch
+    import torch.nn as nn
+
+    class _Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            layers, c = [], 3
+            for w in widths:
+                layers += [nn.Conv2d(c, w, 3, 2, 1), nn.ReLU()]
+                c = w
+            self.body = nn.Sequential(*layers)
+            self.head = nn.Linear(c, n_out)
+
+        def forward(self, x):  # x: (N, 3, H, W) float in [-0.5, 0.5]
+            return self.head(self.body(x).mean(dim=(2, 3)))
+
+    torch.manual_seed(seed)
+    return _Net()
 
 
 class Learner:
