@@ -62,7 +62,8 @@ class Progress:
         if not quiet and sys.stderr.isatty():
             try:
                 from rich.console import Console
-                from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+                from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+                from rich.progress import Progress as RichProgress
                 self._rich = RichProgress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
                                           console=Console(stderr=True), transient=True)
                 self._rich.start()

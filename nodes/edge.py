@@ -43,12 +43,12 @@ from hilbed.nodes import wire
 from hilbed.nodes.agent import Agent, AgentError, run_agent
 from hilbed.nodes.batching import MAX_BATCH_LIMIT, MAX_WAIT_MS_LIMIT, Batcher, BatcherClosed
 from hilbed.nodes.codecs import Codec, make_codec
-from hilbed.nodes.events import AgentEvent
-from hilbed.nodes.link.kind import LinkKind
-from hilbed.nodes.link.registry import link_kind
 
 # the connection's classes live in edge_session.py; imported here for callers of hilbed.nodes.edge
 from hilbed.nodes.edge_session import Budget, Incoming, Session  # noqa: F401
+from hilbed.nodes.events import AgentEvent
+from hilbed.nodes.link.kind import LinkKind
+from hilbed.nodes.link.registry import link_kind
 
 log = logging.getLogger("hilbed.edge")
 

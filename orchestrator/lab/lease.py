@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 from hilbed.orchestrator.errors import RunError
-from hilbed.orchestrator.lab.transport import Transport
+from hilbed.orchestrator.lab.transport import Transport, shell_path
 
 log = logging.getLogger("hilbed.lease")
 
@@ -88,15 +88,6 @@ def same_owner(a: Mapping | None, b: Mapping | None) -> bool:
     return bool(a and b) and a.get("user") == b.get("user") and a.get("run_id") == b.get("run_id")
 
 
-def _shell_path(p: str) -> str:
-    """A node path for a shell command, ``~`` left for the node's shell to expand."""
-    if p == "~":
-        return '"$HOME"'
-    if p.startswith("~/"):
-        return '"$HOME"/' + shlex.quote(p[2:])
-    return shlex.quote(p)
-
-
 def lease_path(testbed: Any, node: str) -> str:
     """Where a node's lease lives: on the node (SSH), or in this machine's state dir (local nodes)."""
     cfg = testbed.nodes[node]
@@ -119,7 +110,7 @@ def leased_nodes(testbed: Any) -> list[str]:
 
 
 def _script_lock(path: str) -> str:
-    f = _shell_path(path)
+    f = shell_path(path)
     return (f"f={f}; l=\"$f.lock\"; mkdir -p \"$(dirname \"$f\")\" || exit 4; n=0; "
             f"while ! mkdir \"$l\" 2>/dev/null; do n=$((n+1)); "
             f"if [ $n -gt 40 ]; then m=$(stat -c %Y \"$l\" 2>/dev/null || echo 0); "
@@ -130,7 +121,7 @@ def _script_lock(path: str) -> str:
 
 def read_script(path: str) -> str:
     """Prints ``NOW <node epoch s>`` then the lease file (``-`` when there is none)."""
-    f = _shell_path(path)
+    f = shell_path(path)
     return f"echo NOW $(date +%s); cat {f} 2>/dev/null || echo {ABSENT}"
 
 

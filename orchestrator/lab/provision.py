@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from hilbed.orchestrator.lab.transport import REPO_ROOT, Transport
+from hilbed.orchestrator.lab.transport import REPO_ROOT, Transport, shell_path
 from hilbed.orchestrator.roles import ROLES
 from hilbed.orchestrator.ui import make_console
 
@@ -352,8 +352,7 @@ def node_extras(roles: Iterable[str]) -> list[str]:
 
 
 def _q(workdir: str) -> str:
-    from hilbed.orchestrator.lab.ssh import _shell_path
-    return _shell_path(workdir)
+    return shell_path(workdir)
 
 
 def read_marker(t: Transport, workdir: str, imports: Iterable[str] = (), timeout: float = 60) -> dict | None:

@@ -39,7 +39,7 @@ from fabric import Config, Connection, ThreadingGroup
 from fabric.exceptions import GroupException
 from invoke.exceptions import CommandTimedOut
 
-from hilbed.orchestrator.lab.transport import AgentProcess, CommandResult, Transport
+from hilbed.orchestrator.lab.transport import AgentProcess, CommandResult, Transport, local_shell_path, shell_path
 
 log = logging.getLogger("hilbed.ssh")
 #: paramiko's own messages, one line each (its tracebacks only at debug level); never printed on the terminal
@@ -183,22 +183,6 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
 
 
-def _shell_path(p: str) -> str:
-    """A remote path for a shell command line, with ``~`` expanded by the remote shell."""
-    if p == "~":
-        return '"$HOME"'
-    if p.startswith("~/"):
-        return '"$HOME"/' + shlex.quote(p[2:])
-    return shlex.quote(p)
-
-
-def _local_shell_path(p: str) -> str:
-    """A path on this machine for a command line the user pastes: quoted, ``~/`` left to their shell."""
-    if p.startswith("~/"):
-        return "~/" + shlex.quote(p[2:])
-    return shlex.quote(p)
-
-
 def _sftp_path(p: str) -> str:
     """SFTP paths are relative to the login directory: ``~/x`` -> ``x``."""
     if p == "~":
@@ -224,11 +208,11 @@ class HintingRejectPolicy(paramiko.RejectPolicy):
     def keyscan_command(self, hostname: str) -> str:
         """The shell command that records ``hostname``'s keys in our known_hosts (through the gateway if any)."""
         scan = f"ssh-keyscan -p {self.port} {shlex.quote(_bare(hostname))}"
-        kh = _local_shell_path(self.known_hosts)
+        kh = local_shell_path(self.known_hosts)
         if not self.jump:
             return f"{scan} >> {kh}"
         guser, ghost, gport = parse_jump(self.jump)
-        opts = f"-o UserKnownHostsFile={kh}" + (f" -i {_local_shell_path(self.key_file)}" if self.key_file else "") + \
+        opts = f"-o UserKnownHostsFile={kh}" + (f" -i {local_shell_path(self.key_file)}" if self.key_file else "") + \
             (f" -p {gport}" if gport != 22 else "")
         return f"ssh {opts} {shlex.quote((guser + '@' if guser else '') + ghost)} {scan} >> {kh}"
 
@@ -665,7 +649,7 @@ class SSHTransport(Transport):
             log_offset = log_path.stat().st_size
         except OSError:
             log_offset = 0
-        wd = _shell_path(self.workdir)
+        wd = shell_path(self.workdir)
         token = f"{module}-{uuid.uuid4().hex[:10]}"
         pidfile = f"{wd}/run/{token}.pid"
         envs = self.agent_env(env)

@@ -37,6 +37,22 @@ LOG_TAIL_BYTES = 16384
 REPO_ROOT = Path(__file__).resolve().parents[2]  # orchestrator/lab/transport.py -> the checkout (or site-packages/hilbed)
 
 
+def shell_path(p: str) -> str:
+    """A node path for a shell command line, ``~`` left for the node's shell to expand."""
+    if p == "~":
+        return '"$HOME"'
+    if p.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(p[2:])
+    return shlex.quote(p)
+
+
+def local_shell_path(p: str) -> str:
+    """A path on this machine for a command line the user pastes: quoted, ``~/`` left to their shell."""
+    if p.startswith("~/"):
+        return "~/" + shlex.quote(p[2:])
+    return shlex.quote(p)
+
+
 class AgentFailed(RuntimeError):
     """An agent died, timed out or answered with an error."""
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from hilbed.nodes.events import RunEvent
 from hilbed.orchestrator.lab.provision import Asset, assets_of, file_asset, model_asset, node_model_spec
+from hilbed.orchestrator.lab.transport import shell_path
 
 STATE_KEY = "node_files"
 #: a node's file (a link log) could not be copied back (TODO(lead): a RunEvent member, then drop this)
@@ -43,9 +44,8 @@ class NodeFiles:
         if node not in self._workdirs:
             wd = self.ctx.testbed.nodes[node].transport.workdir.rstrip("/") or "/"
             if wd.startswith("~"):
-                from hilbed.orchestrator.lab.ssh import _shell_path
-                r = self.ctx.transport(node).run(f"cd {_shell_path(wd)} 2>/dev/null || mkdir -p {_shell_path(wd)} "
-                                                 f"&& cd {_shell_path(wd)} && pwd", timeout=30)
+                r = self.ctx.transport(node).run(f"cd {shell_path(wd)} 2>/dev/null || mkdir -p {shell_path(wd)} "
+                                                 f"&& cd {shell_path(wd)} && pwd", timeout=30)
                 got = r.stdout.strip().splitlines()[-1] if r.ok and r.stdout.strip() else ""
                 if not got.startswith("/"):
                     raise RuntimeError(f"node {node}: cannot resolve its workdir {wd}: "
@@ -200,11 +200,10 @@ def hash_on_node(t: Any, workdir: str, rel_paths: list[str], timeout: float = 12
     """sha256 of each ``workdir``-relative path on the node (None: missing or unreadable), one command."""
     import json
 
-    from hilbed.orchestrator.lab.ssh import _shell_path
     if not rel_paths:
         return {}
     args = " ".join(shlex.quote(p) for p in rel_paths)
-    r = t.run(f"cd {_shell_path(workdir)} && venv/bin/python -I -c {shlex.quote(_HASH_SCRIPT)} {args}",
+    r = t.run(f"cd {shell_path(workdir)} && venv/bin/python -I -c {shlex.quote(_HASH_SCRIPT)} {args}",
               timeout=timeout)
     if not r.ok:
         raise RuntimeError((r.stderr or r.stdout).strip()[-300:] or f"exit status {r.returncode}")

@@ -9,16 +9,16 @@ from hilbed.nodes.events import RunEvent
 from hilbed.orchestrator.errors import RunError
 from hilbed.orchestrator.lab import health
 from hilbed.orchestrator.lab.check import NodeCheck, check_testbed, render_checks
+from hilbed.orchestrator.lab.transport import local_shell_path
 from hilbed.orchestrator.run.assets import node_files
 from hilbed.orchestrator.run.context import RunContext
 
 
 def provision_command(ctx: RunContext) -> str:
     """The command that pushes what this run's nodes need."""
-    from hilbed.orchestrator.lab.ssh import _local_shell_path
     tb = (ctx.manifest.get("testbed") or {}).get("path") or "TESTBED"
     sc = (ctx.manifest.get("scenario") or {}).get("path") or "SCENARIO"
-    return f"hilbed provision --testbed {_local_shell_path(tb)} --scenario {_local_shell_path(sc)}"
+    return f"hilbed provision --testbed {local_shell_path(tb)} --scenario {local_shell_path(sc)}"
 
 
 def preflight(ctx: RunContext) -> list[NodeCheck]:

@@ -7,8 +7,16 @@ and :mod:`.fit` (a fit as one task per preset). Nothing here imports ray,
 torch or pandas at import time: ``hilbed --help`` stays quick.
 """
 
-from hilbed.orchestrator.scale.executor import (EXECUTORS, Executor, ExecutorError, LocalExecutor, RayExecutor,
-                                                Task, make_executor, require_ray)
+from hilbed.orchestrator.scale.executor import (
+                                                EXECUTORS,
+                                                Executor,
+                                                ExecutorError,
+                                                LocalExecutor,
+                                                RayExecutor,
+                                                Task,
+                                                make_executor,
+                                                require_ray,
+)
 
 __all__ = ["EXECUTORS", "Executor", "ExecutorError", "LocalExecutor", "RayExecutor", "Task", "make_executor",
            "require_ray"]

@@ -68,8 +68,8 @@ def eval_task(kind: str, variant: tuple, lo: int, hi: int, s: Settings, x, y, ar
     ``{"error": ...}`` so the other variants go on, as in a local run.
     """
     from hilbed.nodes.codecs import CodecParamsError
-    from hilbed.nodes.codecs.fitting import set_threads
     from hilbed.nodes.codecs.fitting import evaluate as E
+    from hilbed.nodes.codecs.fitting import set_threads
     if _THREADS.get("n") != s.threads:
         _THREADS["n"] = set_threads(s.threads)
     if artifacts:

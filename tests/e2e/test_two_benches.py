@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from hilbed.orchestrator.run.benches import BenchRun
 from hilbed.orchestrator.errors import RunError
+from hilbed.orchestrator.run.benches import BenchRun
 from hilbed.orchestrator.run.store import RunStore
 
 pytestmark = pytest.mark.slow  # real agents (as every end-to-end test here); the Ray test takes ~20 s of it

@@ -20,8 +20,15 @@ from hilbed.nodes.codecs import fitting as F
 from hilbed.nodes.codecs.adacompress import DESCRIPTORS, KIND, REF_QUALITY, extract_features
 from hilbed.nodes.codecs.artifacts import Artifact, ArtifactStore
 from hilbed.nodes.codecs.jpeg_tables import HEADER_MODES, JpegProfile, optimize_for
-from hilbed.nodes.codecs.nets.adacompress import (QUALITIES, Agent, DescriptorCNN, Hyper, Learner, reward,
-                                                  torch_descriptor)
+from hilbed.nodes.codecs.nets.adacompress import (
+    QUALITIES,
+    Agent,
+    DescriptorCNN,
+    Hyper,
+    Learner,
+    reward,
+    torch_descriptor,
+)
 
 # ------------------------------------------------------- environment ---
 

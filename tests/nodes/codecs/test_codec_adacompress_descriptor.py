@@ -14,8 +14,13 @@ import pytest
 from hilbed.nodes.codecs import make_codec
 from hilbed.nodes.codecs.adacompress import extract_features
 from hilbed.nodes.codecs.artifacts import ArtifactStore
-from hilbed.nodes.codecs.fitting.adacompress import OfflineEnv, descriptor_targets, fit_adacompress, pretrain, \
-    train_descriptor
+from hilbed.nodes.codecs.fitting.adacompress import (
+    OfflineEnv,
+    descriptor_targets,
+    fit_adacompress,
+    pretrain,
+    train_descriptor,
+)
 from hilbed.nodes.codecs.nets.adacompress import N_FEATURES, QUALITIES, DescriptorCNN, Hyper, torch_descriptor
 from hilbed.nodes.workload.synthetic import make_image
 

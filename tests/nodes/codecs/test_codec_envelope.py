@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from hilbed.nodes.codecs.fitting.envelope import compare_to_envelope, describe, envelope, log_bytes_at, ratio_vs_envelope
+from hilbed.nodes.codecs.fitting.envelope import (
+    compare_to_envelope,
+    describe,
+    envelope,
+    log_bytes_at,
+    ratio_vs_envelope,
+)
 
 
 def curve(codec, scale=1.0, accs=np.linspace(0.40, 0.85, 19), **params):

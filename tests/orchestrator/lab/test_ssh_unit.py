@@ -16,11 +16,11 @@ from hilbed.orchestrator.lab.ssh import (
     HostKeyError,
     SSHTransport,
     _sftp_path,
-    _shell_path,
     fingerprint,
     known_hosts_name,
     parse_jump,
 )
+from hilbed.orchestrator.lab.transport import shell_path
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -43,8 +43,8 @@ def test_parse_jump_rejects(bad):
 
 
 def test_remote_paths_expand_home_on_the_node():
-    assert _shell_path("~/.hilbed") == '"$HOME"/.hilbed'
-    assert _shell_path("/srv/my dir") == "'/srv/my dir'"
+    assert shell_path("~/.hilbed") == '"$HOME"/.hilbed'
+    assert shell_path("/srv/my dir") == "'/srv/my dir'"
     assert _sftp_path("~/.hilbed/x") == ".hilbed/x"
     assert _sftp_path("/abs/x") == "/abs/x"
     assert known_hosts_name("10.0.0.2", 22) == "10.0.0.2"

@@ -75,8 +75,9 @@ def test_executor_options_are_checked(tmp_path, capsys):
 
 
 def test_an_address_nothing_listens_on_is_refused_at_once():
-    from hilbed.orchestrator.scale.executor import _reachable
     import socket
+
+    from hilbed.orchestrator.scale.executor import _reachable
     with socket.socket() as sock:  # a port that was free a moment ago
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
