@@ -197,9 +197,32 @@ def release_warnings(events: list[dict] | None) -> list[str]:
     return out
 
 
+def delivery_warnings(manifests: list[dict], events: list[dict] | None) -> list[str]:
+    """What a run asked for and did not get as asked: AMP the edge ignored, jammer loads the medium relay could
+    not bring to a remote node, node files (link logs) that never reached the run directory."""
+    out = []
+    for m in manifests:
+        b = m.get("edge_batching")
+        if isinstance(b, dict) and b.get("amp") and b.get("amp_applied") is False:
+            out.append(f"the scenario asked for AMP at the edge, which was not applied ({b.get('amp_note') or 'no CUDA'}): "
+                       "inference ran in float32")
+        for cond, nodes in (m.get("medium_relay") or {}).items():
+            for node, st in (nodes or {}).items():
+                if isinstance(st, dict) and (st.get("failed") or not st.get("updates")):
+                    out.append(f"condition {cond}: {st.get('failed', 0)} jammer load update(s) failed to reach {node} "
+                               f"({st.get('updates', 0)} arrived{'; ' + str(st['error']) if st.get('error') else ''}): "
+                               "its link may not have followed the jammer")
+    for ev in events or []:
+        if ev.get("kind") == "node_file_not_fetched":
+            out.append(f"{ev.get('path', '?')} on {ev.get('node', '?')} was not fetched into the run ({ev.get('error')}): "
+                       "figures that read it are missing")
+    return out
+
+
 def all_warnings(lat: pd.DataFrame, summ: pd.DataFrame, manifests: list[dict],
                  events: list[dict] | None = None) -> list[str]:
     if len(lat) == 0:
-        return ["no records"] + run_warnings(lat, manifests)
+        return ["no records"] + run_warnings(lat, manifests) + delivery_warnings(manifests, events)
     return (run_warnings(lat, manifests) + clock_warnings(lat, manifests) + jammer_warnings(lat, manifests, events)
-            + watchdog_warnings(events) + release_warnings(events) + sample_warnings(summ))
+            + watchdog_warnings(events) + release_warnings(events) + delivery_warnings(manifests, events)
+            + sample_warnings(summ))

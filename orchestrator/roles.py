@@ -88,8 +88,11 @@ def _prepare_edge(ctx: Any, node: str) -> None:
     # inference across clients: one image at a time (max_batch 1) or dynamic batches (the scenario's edge: block);
     # what the edge applied (AMP ignored on CPU, with its note) is kept in the manifest
     b = ctx.scenario.edge
-    ctx.manifest["edge_batching"] = edge.call("batching", timeout=30, max_batch=b.max_batch,
-                                              max_wait_ms=b.max_wait_ms, amp=b.amp)
+    applied = ctx.manifest["edge_batching"] = edge.call("batching", timeout=30, max_batch=b.max_batch,
+                                                        max_wait_ms=b.max_wait_ms, amp=b.amp)
+    if b.amp and isinstance(applied, dict) and applied.get("amp_applied") is False and hasattr(ctx, "console"):
+        ctx.console.print(f"[yellow]AMP not applied at the edge ({applied.get('amp_note') or 'no CUDA'}): "
+                          "inference runs in float32 (the report says so too)[/]")
     if ctx.all_local:  # codecs that fit on first use (GRACE, AutoJPEG, AdaCompress) fit now, not inside a trial
         from hilbed.nodes.codecs import codec_class
         for cc in ctx.scenario.codecs:

@@ -234,3 +234,22 @@ def test_a_shaped_link_late_at_p99_is_a_warning():
             "result": {"late_release_ms_p99": 3.5, "releases_timed": 900, "realtime_priority": False}}
     (w,) = release_warnings([ok, late, {"kind": "link_stats", "result": None}])
     assert "client-2" in w and "3.50 ms late at p99 without real-time priority" in w
+
+
+def test_what_was_asked_and_not_delivered_is_a_warning():
+    """AMP the edge ignored, relay updates that did not arrive, node files not fetched: each a report warning;
+    a run that got what it asked for has none."""
+    from hilbed.analysis.checks import delivery_warnings
+    ok = {"edge_batching": {"max_batch": 8, "amp": True, "amp_applied": True},
+          "medium_relay": {"c": {"client-1": {"updates": 12, "failed": 0}}}}
+    assert delivery_warnings([ok], [{"kind": "link_stats"}]) == []
+    bad = {"edge_batching": {"amp": True, "amp_applied": False, "amp_note": "device cpu"},
+           "medium_relay": {"c": {"client-1": {"updates": 3, "failed": 2, "error": "timed out"}},
+                            "d": {"client-2": {"updates": 0, "failed": 0}}}}
+    ev = [{"kind": "node_file_not_fetched", "node": "client-1", "path": "/w/runs/r/link.log", "error": "ENOENT"}]
+    w = delivery_warnings([bad], ev)
+    assert len(w) == 4
+    assert "AMP" in w[0] and "device cpu" in w[0]
+    assert "2 jammer load update(s) failed to reach client-1" in w[1] and "timed out" in w[1]
+    assert "client-2" in w[2] and "0 arrived" in w[2]
+    assert "/w/runs/r/link.log on client-1 was not fetched" in w[3]
