@@ -51,13 +51,17 @@ class LinkKind:
 
     # helpers for the controller side
     def client_spec(self, ctx: Any, cond: Any, client: str, index: int) -> dict:
-        """The spec a client's :meth:`open_link` gets: the scenario's ``link:`` block, plus what the kind adds."""
+        """The spec a client's :meth:`open_link` gets: the scenario's ``link:`` block, plus what the kind adds.
+        ``index``: the client's place in the testbed's clients."""
         return cond.link.model_dump(mode="json")
 
     def open_client_links(self, ctx: Any, cond: Any) -> None:
         edge = ctx.testbed.edge
         e_off = ctx.offset(edge)["offset_ns"]
-        for k, c in enumerate(ctx.clients_for(cond)):
+        for c in ctx.clients_for(cond):
+            # a client's index is its place in the testbed, not in this condition: its seed (and a radio's
+            # address) stay the same in every condition
+            k = ctx.testbed.clients.index(c)
             ctx.agent(c, "client").call("open_link", timeout=60, spec=self.client_spec(ctx, cond, c, k),
                                         host=ctx.testbed.nodes[edge].address, port=ctx.edge_port,
                                         edge_minus_client_ns=e_off - ctx.offset(c)["offset_ns"],

@@ -109,10 +109,9 @@ class RadioKind(LinkKind):
                                        for c in ctx.clients_for(cond)}}
 
     def client_spec(self, ctx: Any, cond: Any, client: str, index: int) -> dict:
-        # the address comes from the client's place in the testbed, not in this condition's list,
-        # so it never changes between conditions
+        # index: the client's place in the testbed, so its address never changes between conditions
         return super().client_spec(ctx, cond, client, index) | {"radio": self.bench(ctx).radio_spec(client),
-                                                                 "client_index": ctx.testbed.clients.index(client)}
+                                                                 "client_index": index}
 
     def clear(self, ctx: Any) -> None:
         try:
