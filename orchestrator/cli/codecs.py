@@ -90,10 +90,24 @@ def _start_executor(a, prog: str):
         return None
 
 
-def _progress_cb(con, quiet: bool):
-    """(message, fraction) callback drawing one rich progress bar."""
+def _progress_cb(con, quiet: bool, interval: float = 30.0):
+    """(message, fraction) callback: one rich progress bar, or off a terminal a plain stderr line every ``interval`` s.
+
+    A fit run from a script or a scheduler otherwise looks hung for its many minutes.
+    """
     if quiet:
         return None, None
+    if not con.is_terminal:
+        t0 = time.monotonic()
+        last = [-interval]
+
+        def plain(msg: str, frac: float) -> None:
+            now = time.monotonic()
+            if now - last[0] >= interval or frac >= 1.0:
+                last[0] = now
+                print(f"fit: [{100 * max(0.0, min(1.0, frac)):5.1f}%] {msg} ({now - t0:.0f} s)", file=sys.stderr,
+                      flush=True)
+        return None, plain
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     prog = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                     TimeElapsedColumn(), console=con, transient=True)

@@ -81,6 +81,19 @@ def test_plain_progress_lines_off_a_terminal(tmp_path, synthetic_model, keep_thr
     assert rc == 0 and "eval-codecs:" not in capsys.readouterr().err
 
 
+def test_fit_progress_off_a_terminal_is_throttled_plain_lines(capsys):
+    from rich.console import Console
+
+    from hilbed.orchestrator.cli.codecs import _progress_cb
+    prog, cb = _progress_cb(Console(file=open(os.devnull, "w"), force_terminal=False), quiet=False, interval=3600)
+    assert prog is None
+    for k in range(5):  # the first line and the last (100 %) only: the rest fall inside the interval
+        cb(f"stage 1 step {k}/4", k / 4)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("fit: ")]
+    assert len(lines) == 2 and "[  0.0%] stage 1 step 0/4" in lines[0] and "[100.0%] stage 1 step 4/4" in lines[1]
+    assert _progress_cb(Console(file=open(os.devnull, "w")), quiet=True) == (None, None)
+
+
 # --------------------------------------------------- partial + resume ---
 
 def test_killed_run_keeps_partial_rows_and_resume_matches_an_uninterrupted_run(tmp_path, synthetic_model,
