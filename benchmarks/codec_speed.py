@@ -182,7 +182,17 @@ class TinyArtifacts:
 def _classic(args) -> Variants:
     return [("jpeg", "jpeg", {"quality": 75}),
             ("jpeg-444", "jpeg", {"quality": 75, "subsampling": "4:4:4"}),
+            ("jpeg-444-std", "jpeg", {"quality": 75, "subsampling": "4:4:4", "optimize": False}),
             ("jpeg-q30", "jpeg", {"quality": 30})]
+
+
+#: Pillow JPEG q75 baselines by (subsampling, optimised Huffman tables): a variant's like-for-like reference
+LIKE_FOR_LIKE = {("4:2:0", True): "jpeg", ("4:4:4", True): "jpeg-444", ("4:4:4", False): "jpeg-444-std"}
+
+#: ``(label, SAME_TABLES, {"of": label})``: Pillow JPEG (``Image.save``, libjpeg's own BT.601) with that
+#: variant's quantisation tables, subsampling and Huffman mode - what its encode would cost if libjpeg did
+#: the colour transform. Resolved in :func:`bench` once the variant exists.
+SAME_TABLES = "pillow-same-tables"
 
 
 def _grace(args) -> Variants:
@@ -190,13 +200,15 @@ def _grace(args) -> Variants:
     base = {"artifact": aid}
     return [("grace", "grace", {**base, "budget": 0.4}),
             ("grace-bt601", "grace", {**base, "budget": 0.4, "colour": "bt601"}),
-            ("grace-abbr", "grace", {**base, "budget": 0.4, "headers": "abbreviated"})]
+            ("grace-abbr", "grace", {**base, "budget": 0.4, "headers": "abbreviated"}),
+            ("grace:pillow-same-tables", SAME_TABLES, {"of": "grace"})]
 
 
 def _autojpeg(args) -> Variants:
     base = {"artifact": args.autojpeg or args.tiny.ids("autojpeg")[0]}
     return [("autojpeg", "autojpeg", base),
-            ("autojpeg-abbr", "autojpeg", {**base, "headers": "abbreviated"})]
+            ("autojpeg-abbr", "autojpeg", {**base, "headers": "abbreviated"}),
+            ("autojpeg:pillow-same-tables", SAME_TABLES, {"of": "autojpeg"})]
 
 
 def _adacompress(args) -> Variants:
@@ -220,6 +232,59 @@ def _neural(args) -> Variants:
     for fam in ("entropic", "crbq", "factorized"):
         out += [(f"{fam}[{a}]", fam, {"artifact": a}) for a in getattr(args, fam).split(",") if a]
     return out
+
+
+def _profile(codec):
+    """The JpegProfile a JPEG-family codec encodes with (AutoJPEG: its first level), else None."""
+    levels = getattr(codec, "levels", None)
+    return getattr(codec, "profile", None) or getattr(codec, "_profile", None) or (levels[0].profile if levels
+                                                                                  else None)
+
+
+def _settings(codec) -> dict:
+    """What decides libjpeg's work: subsampling, Huffman optimisation, who converts the colours."""
+    if isinstance(codec, PillowSameTables):
+        return codec.settings
+    p = _profile(codec)
+    if p is not None:
+        custom = p.colour is not None and not p.colour.is_standard()
+        return {"subsampling": p.subsampling, "optimize": bool(p.optimize),
+                "colour": "numpy (custom weights)" if custom else "libjpeg (BT.601)"}
+    params = getattr(codec, "params", {})
+    if getattr(codec, "name", "") == "jpeg":
+        return {"subsampling": params["subsampling"], "optimize": bool(params["optimize"]),
+                "colour": "libjpeg (BT.601)"}
+    return {}
+
+
+class PillowSameTables:
+    """Pillow JPEG as a client would call it (``Image.fromarray`` + ``Image.save``, libjpeg converting RGB with
+    BT.601) with another variant's quantisation tables, subsampling and Huffman mode."""
+
+    split_computing = False
+    input_size = None
+
+    def __init__(self, codec):
+        p = _profile(codec)
+        self.kw = {"format": "JPEG", **p._kw}
+        self.settings = {"subsampling": p.subsampling, "optimize": bool(p.optimize), "colour": "libjpeg (BT.601)"}
+
+    def encode(self, image):
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        from hilbed.nodes.codecs.base import Encoded
+        from hilbed.nodes.codecs.jpeg_tables import header_bytes
+        buf = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8), "RGB").save(buf, **self.kw)
+        data = buf.getvalue()
+        return Encoded([data], header_bytes=header_bytes(data))
+
+    def decode(self, chunks, total_chunks):
+        from hilbed.nodes.codecs.jpeg_tables import decode_jpeg
+        return decode_jpeg(b"".join(chunks))
 
 
 def _decoder(dec):
@@ -259,6 +324,13 @@ def bench(args, progress: Progress | None = None) -> dict:
         variants += FAMILIES[f](args)
     out: dict = {"python": platform.python_version(), "machine": platform.machine(), "images": args.images,
                  "dataset": args.dataset, "repeats": args.repeats, "baseline": "jpeg (q75 4:2:0 optimized, Pillow)",
+                 "ratios": {"encode_vs_jpeg": "to Pillow JPEG q75 4:2:0, optimised Huffman (Image.save)",
+                            "encode_vs_jpeg_444": "to Pillow JPEG q75 4:4:4, optimised Huffman",
+                            "encode_vs_like": "to Pillow JPEG q75 with the variant's subsampling and Huffman "
+                                              "mode (like_for_like; apples to apples but for the tables)",
+                            "encode_vs_same_tables": "to Pillow JPEG (Image.save) with the variant's own tables, "
+                                                     "subsampling and Huffman mode, libjpeg converting BT.601: the "
+                                                     "cost of the custom colour transform alone"},
                  "method": "median over interleaved rounds (every variant once per round) of mean per-image time",
                  "artifacts": {label: p["artifact"] for label, _, p in variants if p.get("artifact")},
                  "sizes": {}}
@@ -271,7 +343,12 @@ def bench(args, progress: Progress | None = None) -> dict:
         pass
     codecs = {}
     for label, name, params in variants:  # construct once (untimed)
-        codecs[label] = (make_codec(name, params), make_codec(name, params))
+        if name == SAME_TABLES:
+            codecs[label] = (PillowSameTables(codecs[params["of"]][0]), PillowSameTables(codecs[params["of"]][0]))
+        else:
+            codecs[label] = (make_codec(name, params), make_codec(name, params))
+    settings = {label: _settings(enc) for label, (enc, _) in codecs.items()}
+    out["settings"] = settings
     sizes = [int(s) for s in args.sizes.split(",")]
     for si, size in enumerate(sizes):
         imgs = _images(args.dataset, size, args.images)
@@ -293,9 +370,17 @@ def bench(args, progress: Progress | None = None) -> dict:
                            "bytes": round(statistics.mean(e.total_bytes for e in encoded[label]), 1)}
         base, base444 = rows["jpeg"]["encode_us"], rows["jpeg-444"]["encode_us"]
         dbase = rows["jpeg"]["decode_us"]
-        for r in rows.values():
+        for label, r in rows.items():
             r["encode_vs_jpeg"] = round(r["encode_us"] / base, 3)
             r["encode_vs_jpeg_444"] = round(r["encode_us"] / base444, 3)
+            st = settings[label]
+            like = LIKE_FOR_LIKE.get((st.get("subsampling"), st.get("optimize")))
+            if like in rows:  # same subsampling and Huffman mode, Pillow JPEG q75
+                r["like_for_like"] = like
+                r["encode_vs_like"] = round(r["encode_us"] / rows[like]["encode_us"], 3)
+            if f"{label}:pillow-same-tables" in rows:  # same tables, libjpeg converting BT.601
+                r["encode_vs_same_tables"] = round(r["encode_us"] / rows[f"{label}:pillow-same-tables"]["encode_us"],
+                                                   3)
             r["decode_vs_jpeg"] = round(r["decode_us"] / dbase, 3)
         out["sizes"][str(size)] = rows
         del encoded, imgs

@@ -20,7 +20,13 @@ from hilbed.nodes.codecs.fitting.autojpeg import (  # noqa: E402
     fit_constraint,
     smooth_round,
 )
-from hilbed.nodes.codecs.jpeg_tables import BT601, ColourTransform, JpegProfile, ijg_quality_tables  # noqa: E402
+from hilbed.nodes.codecs.jpeg_tables import (  # noqa: E402
+    BT601,
+    ColourTransform,
+    JpegProfile,
+    encode_jpeg_reference,
+    ijg_quality_tables,
+)
 from hilbed.nodes.workload.synthetic import make_image  # noqa: E402
 
 
@@ -113,6 +119,21 @@ def test_finetune_moves_the_model_at_lr_1e4(fitted):
     after = list(res["state_dict"].values())
     assert any(not torch.equal(a, b) for a, b in zip(before, [t for t in after if t.dtype.is_floating_point]))
     assert all(torch.equal(a, b) for a, b in zip(before, loaded.module.parameters()))  # the served model untouched
+
+
+def test_fast_encode_gives_the_reference_path_bytes(fitted):
+    """Each level's encode (learnt colour weights: one numpy pass, Pillow's encoder called directly) writes the
+    bytes of the plain Image.frombuffer + Image.save path."""
+    store, arts, _ = fitted
+    rng = np.random.default_rng(18)
+    imgs = [make_image(9, "test", 0, 32)[0], rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+            make_image(10, "test", 0, 224)[0]]
+    for a in arts:
+        c = make_codec("autojpeg", {"artifact": a.id})
+        lv = c.levels[0]
+        for x in imgs:
+            ref = encode_jpeg_reference(x, lv.tables, colour=lv.colour, optimize=lv.profile.optimize)
+            assert c.encode(x).chunks[0] == ref
 
 
 def test_codec_picks_the_set_that_fits_bandwidth_x_deadline(fitted):

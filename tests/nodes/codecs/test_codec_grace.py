@@ -11,7 +11,7 @@ from hilbed.nodes.codecs import make_codec
 from hilbed.nodes.codecs.artifacts import ArtifactStore
 from hilbed.nodes.codecs.fitting.grace import fit_grace, probe, theorem2
 from hilbed.nodes.codecs.grace import GraceProbe, quant_tables, theorem1
-from hilbed.nodes.codecs.jpeg_tables import ColourTransform, dqt_tables, parse_header
+from hilbed.nodes.codecs.jpeg_tables import ColourTransform, dqt_tables, encode_jpeg_reference, parse_header
 from hilbed.nodes.workload.synthetic import make_image
 
 # -------------------------------------------------------------- Theorem 1 ---
@@ -142,6 +142,22 @@ def test_codec_uses_theorem1_tables_verbatim_and_gyuv(grace_artifact):
     out = dec.decode(enc.chunks, 1)
     assert out.shape == img.shape and np.mean(np.abs(out.astype(int) - img)) < 20
     assert dec.decode(enc.chunks, 2) is None  # partial payload: a miss
+
+
+def test_fast_encode_gives_the_reference_path_bytes(grace_artifact):
+    """The codec's encode (one numpy colour pass, Pillow's encoder called directly) writes the bytes of the plain
+    Image.frombuffer + Image.save path, for G-YUV and BT.601, 4:4:4 and 4:2:0, at 32 and 224 px."""
+    store, art = grace_artifact
+    rng = np.random.default_rng(18)
+    imgs = [make_image(7, "test", 0, 32)[0], rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+            make_image(8, "test", 0, 224)[0]]
+    for colour in ("gyuv", "bt601"):
+        for sub in ("4:4:4", "4:2:0"):
+            c = make_codec("grace", {"artifact": art.id, "budget": 0.3, "colour": colour, "subsampling": sub})
+            p = c.profile
+            for x in imgs:
+                ref = encode_jpeg_reference(x, c.tables, colour=p.colour, optimize=p.optimize, subsampling=sub)
+                assert c.encode(x).chunks[0] == ref
 
 
 def test_budget_trades_bytes_for_loss_and_abbreviated_headers(grace_artifact, synthetic_model):

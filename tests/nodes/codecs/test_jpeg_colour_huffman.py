@@ -11,13 +11,16 @@ from hilbed.nodes.codecs.jpeg_tables import (
     M_DHT,
     ColourTransform,
     JpegProfile,
+    JpegWriter,
     decode_jpeg,
     encode_jpeg,
+    encode_jpeg_reference,
     fit_huffman,
     header_bytes,
     optimal_table,
     recode,
     rgb_to_yuv8,
+    save_kwargs,
     scan_symbols,
     split_stream,
     yuv8_image,
@@ -84,6 +87,64 @@ def test_custom_colour_round_trip_within_jpeg_error(images, w):
             assert back.shape == x.shape
             ref = decode_jpeg(encode_jpeg(x, quality=90, subsampling="4:4:4"))  # libjpeg's own BT.601
             assert _psnr(back, x) > 28.0 and _psnr(back, x) > _psnr(ref, x) - 3.0
+
+
+# ------------------------------------------------ the fast encode path ---
+
+def test_fast_encode_path_gives_the_reference_bytes():
+    """JpegWriter (Pillow's C encoder called directly, YUV planes unpacked without Image.frombuffer) writes the
+    bytes of the plain path (Image.fromarray/frombuffer + Image.save) for random images, random custom colour
+    weights and BT.601, tables or quality, both Huffman modes, both subsamplings, odd sizes, both header modes."""
+    rng = np.random.default_rng(18)
+    n = 0
+    for trial in range(12):
+        w = BT601 if trial % 4 == 0 else tuple(rng.dirichlet([1.0, 1.0, 1.0]))
+        ct = ColourTransform.of(w)
+        h, wd = (int(v) for v in rng.choice([8, 13, 32, 57, 224], 2))
+        x = _extremes() if trial == 1 else (make_image(trial, "test", 0, h)[0] if trial % 2 else
+                                            rng.integers(0, 256, (h, wd, 3), dtype=np.uint8))
+        tables = rng.integers(1, 80, (3, 64))
+        for optimize in (True, False):
+            for sub in ("4:4:4", "4:2:0"):
+                ref = encode_jpeg_reference(x, tables, colour=ct, optimize=optimize, subsampling=sub)
+                writer = JpegWriter(save_kwargs(tables, optimize=optimize, subsampling=sub), ct)
+                assert writer.direct, "the direct Pillow encoder call is off (Pillow changed?): slower, same bytes"
+                assert writer.encode(x) == ref
+                assert encode_jpeg(x, tables, colour=ct, optimize=optimize, subsampling=sub) == ref
+                n += 1
+        q = int(rng.integers(5, 100))
+        assert encode_jpeg(x, quality=q, subsampling="4:2:0") == encode_jpeg_reference(x, quality=q,
+                                                                                       subsampling="4:2:0")
+        for headers in ("full", "abbreviated"):  # the profile (codecs' path) and its tables-only stream
+            prof = JpegProfile(tables=tables, colour=ct, optimize=headers == "full", headers=headers)
+            data, _, _ = prof.encode(x)
+            full = encode_jpeg_reference(x, tables, colour=ct, optimize=headers == "full")
+            assert prof.to_full(data) == full
+            assert np.array_equal(prof.decode(data), decode_jpeg(full, ct))
+    assert n == 48
+
+
+def test_fast_encode_path_falls_back_where_libjpeg_needs_a_bigger_buffer():
+    """Noise at q = 1 with optimised tables outgrows the buffer Pillow sizes (2 bytes/pixel): the writer takes the
+    reference path (Image.save with the MAXBLOCK retry) and still gives its bytes."""
+    x = np.random.default_rng(4).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    ct = ColourTransform.of((0.2, 0.6, 0.2))
+    kw = save_kwargs(np.ones((3, 64)), optimize=True)
+    writer = JpegWriter(kw, ct)
+    assert writer._direct(x) is None  # the direct call reports the full buffer
+    assert writer.encode(x) == encode_jpeg_reference(x, np.ones((3, 64)), colour=ct)
+
+
+def test_yuv_planes_do_not_depend_on_the_image_size_or_the_buffers():
+    """The planes the encoder hands libjpeg are the same whether computed per image, in one big batch or after
+    another size used the per-thread buffers."""
+    rng = np.random.default_rng(7)
+    w = tuple(rng.dirichlet([1.0, 1.0, 1.0]))
+    big = rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    whole = rgb_to_yuv8(big, w)
+    for r0, r1 in ((0, 1), (5, 37), (40, 64)):
+        rgb_to_yuv8(rng.integers(0, 256, (9, 11, 3), dtype=np.uint8), w)  # resize the work buffers in between
+        assert np.array_equal(rgb_to_yuv8(np.ascontiguousarray(big[r0:r1]), w), whole[r0:r1])
 
 
 # ------------------------------------------------------------ Huffman ---
