@@ -34,6 +34,7 @@ import numpy as np
 
 from hilbed.nodes.codecs.artifacts import Artifact, ArtifactStore
 from hilbed.nodes.codecs.base import Codec, CodecParamsError, Encoded, Param
+from hilbed.nodes.codecs.first_use import first_use_fitter
 
 FAMILIES = ("entropic", "factorized", "crbq")
 
@@ -168,13 +169,30 @@ class _SplitCodec(Codec):
     """One chunk: the entropy-coded (or 8-bit) latent; a partial payload is a miss."""
 
     family = ""
+    #: the fit knob a scenario sets for first-use fitting (``fit_<knob>``); "": the family has no first-use path
+    fit_knob: ClassVar[str] = ""
 
     def __init__(self, **params: Any):
         super().__init__(**params)
         # Load torch, compressai and the weights now and run one image through, so
         # that a client's first image does not pay seconds of start-up.
-        self._model = load_split(self.params["artifact"])
+        self._model = load_split(self.artifact_id)
         self.encode(np.zeros((self._model.arch.size,) * 2 + (3,), np.uint8))
+
+    @property
+    def artifact_id(self) -> str:
+        """The ``artifact`` param, or the artifact fitted on first use for the ``fit_*`` params."""
+        if self.params["artifact"]:
+            return self.params["artifact"]
+        p = self.params
+        return first_use_fitter(self.family)(self.family, p["fit_dataset"], p["fit_model"], p["fit_preset"],
+                                             p["fit_size"], p[f"fit_{self.fit_knob}"]).id
+
+    @classmethod
+    def prepare(cls, params: dict[str, Any]) -> None:
+        """Fit on first use before any stream starts (minutes: a fit never runs inside a trial)."""
+        if not params.get("artifact"):
+            cls(**params)
 
     @property
     def input_size(self) -> int:
@@ -183,6 +201,11 @@ class _SplitCodec(Codec):
     @classmethod
     def validate(cls, params: dict[str, Any]) -> dict[str, Any]:
         out = super().validate(params)
+        if not out["artifact"] and cls.fit_knob:
+            if not out["fit_model"].startswith("cifar-resnet:"):
+                raise CodecParamsError("fit_model", f"{out['fit_model']!r} cannot teach a student (fitting on first "
+                                       "use, no artifact named)", "cifar-resnet:NAME, or name an artifact")
+            return out
         if not out["artifact"].startswith(cls.family + "-"):
             raise CodecParamsError("artifact", f"expected a {cls.family} artifact id, got {out['artifact']!r}",
                                    f"{cls.family}-<hash> from `hilbed fit {cls.family}`")
@@ -226,13 +249,35 @@ class _FeatureCodec(_SplitCodec):
 class EntropicStudentCodec(_FeatureCodec):
     name = "entropic"
     family = "entropic"
-    params_spec: ClassVar[dict[str, Param]] = {"artifact": Param(str, "", doc="entropic-<hash> from `hilbed fit entropic` (one per beta)")}
+    fit_knob = "beta"
+    params_spec: ClassVar[dict[str, Param]] = {
+        "artifact": Param(str, "", doc="entropic-<hash> from `hilbed fit entropic`; empty: the artifact for the fit_* "
+                                       "params, fitted on first use (in the edge's prepare step, minutes)"),
+        "fit_dataset": Param(str, "cifar10:fit", doc="first use only: training images (as `hilbed fit --dataset`)"),
+        "fit_model": Param(str, "cifar-resnet:cifar10-resnet20",
+                           doc="first use only: the teacher, a CIFAR ResNet (as `hilbed fit --model`)"),
+        "fit_preset": Param(str, "small", choices=("tiny", "small", "medium", "full"),
+                            doc="first use only: training preset (docs/neural-codecs.md)"),
+        "fit_size": Param(int, 32, 8, 1024, doc="first use only: input resolution"),
+        "fit_beta": Param(float, 0.01, 1e-5, 10.0, doc="first use only: the rate weight (as `hilbed fit entropic --beta`)"),
+    }
 
 
 class CrBqCodec(_FeatureCodec):
     name = "crbq"
     family = "crbq"
-    params_spec: ClassVar[dict[str, Param]] = {"artifact": Param(str, "", doc="crbq-<hash> from `hilbed fit crbq` (one per bottleneck width)")}
+    fit_knob = "bottleneck"
+    params_spec: ClassVar[dict[str, Param]] = {
+        "artifact": Param(str, "", doc="crbq-<hash> from `hilbed fit crbq`; empty: the artifact for the fit_* "
+                                       "params, fitted on first use (in the edge's prepare step, minutes)"),
+        "fit_dataset": Param(str, "cifar10:fit", doc="first use only: training images (as `hilbed fit --dataset`)"),
+        "fit_model": Param(str, "cifar-resnet:cifar10-resnet20",
+                           doc="first use only: the teacher, a CIFAR ResNet (as `hilbed fit --model`)"),
+        "fit_preset": Param(str, "small", choices=("tiny", "small", "medium", "full"),
+                            doc="first use only: training preset (docs/neural-codecs.md)"),
+        "fit_size": Param(int, 32, 8, 1024, doc="first use only: input resolution"),
+        "fit_bottleneck": Param(int, 2, 1, 256, doc="first use only: bottleneck channels (as `hilbed fit crbq --bottleneck`)"),
+    }
 
 
 class FactorizedPriorCodec(_SplitCodec):

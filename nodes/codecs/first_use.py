@@ -16,6 +16,8 @@ FITTERS: dict[str, str] = {
     "autojpeg": "hilbed.nodes.codecs.fitting.autojpeg:auto_fit",
     "adacompress": "hilbed.nodes.codecs.fitting.adacompress:auto_fit",
     "pnc": "hilbed.nodes.codecs.fitting.pnc:auto_artifact",
+    "entropic": "hilbed.nodes.codecs.fitting.entropic:auto_artifact",
+    "crbq": "hilbed.nodes.codecs.fitting.entropic:auto_artifact",
 }
 
 

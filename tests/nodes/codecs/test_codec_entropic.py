@@ -101,6 +101,45 @@ def test_params_name_the_right_family():
     assert validate_codec_params("factorized", {"artifact": "factorized-0123456789ab"})["artifact"]
 
 
+def test_first_use_needs_a_resnet_teacher_and_factorized_still_needs_an_artifact():
+    from hilbed.nodes.codecs import validate_codec_params
+    assert validate_codec_params("entropic", {"fit_beta": 0.02})["fit_model"].startswith("cifar-resnet:")
+    assert validate_codec_params("crbq", {"fit_bottleneck": 4})["artifact"] == ""
+    for family in ("entropic", "crbq"):
+        with pytest.raises(CodecParamsError, match="fit_model"):
+            validate_codec_params(family, {"fit_model": "synthetic-cnn"})
+    with pytest.raises(CodecParamsError, match="fit_beta"):
+        validate_codec_params("entropic", {"fit_beta": -1.0})
+
+
+def test_entropic_fits_on_first_use_once_and_a_plain_fit_names_the_same_artifact(compressai, env, monkeypatch):
+    """A scenario's fit_* params fit in prepare; a second codec (the other node) and `hilbed fit` reuse it."""
+    import argparse
+
+    from hilbed.nodes.codecs.fitting import entropic as E
+    calls = []
+    real = E.FIT_FUNCTIONS["entropic"]
+
+    def counting(data, teacher, **kw):
+        calls.append((len(data), kw.get("beta")))
+        return real(data, teacher, **kw)
+    monkeypatch.setitem(E.FIT_FUNCTIONS, "entropic", counting)
+    params = {"fit_dataset": "synthetic", "fit_model": env["teacher"], "fit_preset": "tiny", "fit_beta": 0.05}
+    make_codec("entropic", params)  # what the edge's prepare step does
+    client = make_codec("entropic", params)
+    assert calls == [(256, 0.05)]  # the tiny preset's limit
+    aid = client.artifact_id
+    assert aid.startswith("entropic-") and env["store"].get(aid).meta
+    assert client.decode_features(client.encode(np.zeros((32, 32, 3), np.uint8)).chunks, 1) is not None
+    args = argparse.Namespace(fit_family="entropic", dataset="synthetic", model=env["teacher"], preset="tiny",
+                              limit=None, seed=0, size=32, beta=0.05, progress=None,
+                              **{k: None for k in ("epochs1", "epochs2", "lr1", "lr2", "batch", "lmbda", "latent",
+                                                    "hidden", "stride", "layers", "bottleneck", "device", "threads")})
+    assert E.fit_main(args, env["store"]).id == aid and len(calls) == 1
+    make_codec("entropic", {**params, "fit_beta": 0.1})  # another knob value is another model
+    assert calls[-1] == (256, 0.1)
+
+
 @pytest.mark.parametrize("family", ["entropic", "factorized"])
 def test_entropy_bottleneck_bytes_decode_to_the_same_latents(fitted, data, family):
     from hilbed.nodes.codecs.entropic import load_split
