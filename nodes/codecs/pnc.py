@@ -11,6 +11,12 @@ link that stops at the deadline cuts at block granularity. The edge decodes
 every channel whose symbols all arrived, zeroes the rest and runs the 5-layer
 decoder (:mod:`hilbed.nodes.codecs.nets.pnc`), which was trained for exactly
 that with stochastic tail-drop (:mod:`hilbed.nodes.codecs.fitting.pnc`).
+An artifact fitted with a classifier stage (``--classifier-epochs``) also
+carries a fine-tuned copy of the target classifier trained on those
+reconstructions; the codec then sets ``split_computing`` and the edge
+classifies with that copy (``decode_features`` / ``predict_features``)
+instead of its own model. Older artifacts decode to pixels for the edge's
+model, as before.
 
 Wire format (no header: the artifact fixes image size and latent shape):
 ``bits(ch0) | bits(ch1) | ... | zero padding to a byte``; each channel is
@@ -275,9 +281,16 @@ class PncModel:
         with np.load(io.BytesIO(artifact.read_bytes("huffman.npz")), allow_pickle=False) as z:
             self.coder = ChannelCoder(z["lengths"])
         self.encoder = NumpyEncoder(self.arch, self.weights)
+        #: architecture of the fine-tuned classifier the artifact carries (None: it carries none)
+        self.classifier_config: dict | None = artifact.meta.get("classifier")
         self._decoder = None
+        self._classifier = None
         self._device = None
         self._lock = threading.Lock()
+
+    @property
+    def has_classifier(self) -> bool:
+        return self.classifier_config is not None
 
     def decoder(self):
         """The torch decoder (built on first use; CUDA when present)."""
@@ -293,8 +306,24 @@ class PncModel:
                 self._decoder = dec.to(self._device).eval()
             return self._decoder
 
-    def pixels(self, symbols: np.ndarray, keep: np.ndarray) -> np.ndarray:
-        """(N, M, h*w) symbols with the first keep[i] channels valid -> (N, H, W, 3) uint8."""
+    def classifier(self):
+        """The artifact's fine-tuned classifier (:class:`~hilbed.nodes.codecs.nets.pnc.EdgeClassifier`), built on
+        first use on the decoder's device; None when the artifact carries none."""
+        if self.classifier_config is None:
+            return None
+        self.decoder()  # picks the device
+        with self._lock:
+            if self._classifier is None:
+                from hilbed.nodes.codecs.nets.common import load_state, npz_to_arrays
+                from hilbed.nodes.codecs.nets.pnc import build_classifier
+                clf = build_classifier(self.classifier_config)
+                load_state(clf, npz_to_arrays(self.artifact.read_bytes("classifier.npz")))
+                self._classifier = clf.to(self._device).eval()
+            return self._classifier
+
+    def reconstruct(self, symbols: np.ndarray, keep: np.ndarray):
+        """(N, M, h*w) symbols with the first keep[i] channels valid -> the decoder's (N, 3, H, W) float output in
+        [0, 1], on the decoder's device (the missing channels are zeroed, as in training)."""
         import torch
         dec = self.decoder()
         a = self.arch
@@ -302,8 +331,22 @@ class PncModel:
         y = torch.from_numpy(symbols.astype(np.float32) / a.levels).view(n, a.channels, a.latent_hw, a.latent_hw)
         mask = (torch.arange(a.channels).view(1, -1) < torch.as_tensor(keep).view(-1, 1)).float()
         with torch.no_grad():
-            out = dec((y * mask[:, :, None, None]).to(self._device))
+            return dec((y * mask[:, :, None, None]).to(self._device))
+
+    def pixels(self, symbols: np.ndarray, keep: np.ndarray) -> np.ndarray:
+        """(N, M, h*w) symbols with the first keep[i] channels valid -> (N, H, W, 3) uint8."""
+        import torch
+        out = self.reconstruct(symbols, keep)
         return (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+    def probabilities(self, recon) -> np.ndarray:
+        """Class probabilities (N, classes) of the artifact's classifier on :meth:`reconstruct` output."""
+        import torch
+        clf = self.classifier()
+        if clf is None:
+            raise ValueError(f"{self.artifact.id} carries no classifier (fitted without --classifier-epochs)")
+        with torch.no_grad():
+            return torch.softmax(clf(recon.to(self._device).clamp(0, 1)), 1).float().cpu().numpy()
 
 
 _MODELS: dict[tuple[str, str], PncModel] = {}
@@ -344,6 +387,9 @@ class PncCodec(Codec):
         "fit_preset": Param(str, "small", choices=("tiny", "small", "medium", "full"),
                             doc="auto-fit only: training preset"),
         "fit_size": Param(int, 32, 8, 1024, doc="auto-fit only: input resolution"),
+        "classifier": Param(bool, True, doc="when the artifact carries a fine-tuned classifier (fitted with "
+                                            "--classifier-epochs), the edge classifies with it (split computing); "
+                                            "false: decode to pixels for the edge's own model"),
     }
 
     def __init__(self, **params: Any):
@@ -353,6 +399,9 @@ class PncCodec(Codec):
         # before the stream starts, so loading never eats into a deadline.
         self._model = load_pnc(self.artifact_id)
         self._n_channels = min(self._model.arch.channels, self.params["max_channels"] or self._model.arch.channels)
+        # An artifact with a fine-tuned classifier makes this instance a split-computing codec: the edge
+        # (and `hilbed eval-codecs`) read the flag from the instance and call decode_features/predict_features.
+        self.split_computing = bool(self._model.has_classifier and self.params["classifier"])
         self._model.encoder.symbols(np.zeros((self._model.arch.size,) * 2 + (3,), np.uint8))
 
     @classmethod
@@ -399,7 +448,8 @@ class PncCodec(Codec):
         model = self._model
         return model.coder.decode(b"".join(chunks), model.arch.latent_hw ** 2, self._n_channels)
 
-    def decode(self, chunks: list[bytes], total_chunks: int) -> np.ndarray | None:
+    def _received(self, chunks: list[bytes]) -> tuple[np.ndarray, int] | None:
+        """(1, M, h*w) symbols with the complete channels filled in, and their count; None: none complete."""
         sym = self.decode_symbols(chunks)
         k = sym.shape[0]
         if k == 0:
@@ -407,4 +457,26 @@ class PncCodec(Codec):
         a = self.model.arch
         full = np.zeros((1, a.channels, a.latent_hw ** 2), np.uint8)
         full[0, :k] = sym
+        return full, k
+
+    def decode(self, chunks: list[bytes], total_chunks: int) -> np.ndarray | None:
+        got = self._received(chunks)
+        if got is None:
+            return None
+        full, k = got
         return self.model.pixels(full, np.array([k]))[0]
+
+    def decode_features(self, chunks: list[bytes], total_chunks: int):
+        """The decoder's float reconstruction (1, 3, H, W) of the received prefix, for the artifact's classifier;
+        None when no channel is complete (a miss)."""
+        if not self.split_computing:
+            raise NotImplementedError("this pnc artifact carries no classifier (or classifier=false): use decode")
+        got = self._received(chunks)
+        if got is None:
+            return None
+        full, k = got
+        return self.model.reconstruct(full, np.array([k]))
+
+    def predict_features(self, features) -> np.ndarray:
+        """Class probabilities (1, classes) of the artifact's fine-tuned classifier."""
+        return self.model.probabilities(features)

@@ -48,3 +48,37 @@ class Affine(nn.Module):
 
     def forward(self, x):
         return x * self.scale + self.shift
+
+
+# ------------------------------------------- the edge's own classifier ---
+
+class EdgeClassifier(nn.Module):
+    """PNC's fine-tuned copy of the target classifier (stage 3): [0, 1] NCHW images in, logits out.
+
+    It normalises its input as the teacher did, so it takes the decoder's
+    output as is.
+    """
+
+    def __init__(self, net: nn.Module, mean, std):
+        super().__init__()
+        import torch
+        self.net = net
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x01):
+        return self.net((x01 - self.mean) / self.std)
+
+
+def classifier_config(resnet: Any, mean, std) -> dict:
+    """What rebuilds a CIFAR ResNet classifier's architecture (stored in the artifact's meta)."""
+    return {"arch": "cifar-resnet", "blocks": len(resnet.layer1), "classes": int(resnet.linear.out_features),
+            "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+
+
+def build_classifier(cfg: dict) -> EdgeClassifier:
+    """An untrained :class:`EdgeClassifier` of the architecture ``cfg`` (:func:`classifier_config`) names."""
+    if cfg.get("arch") != "cifar-resnet":
+        raise ValueError(f"unknown PNC classifier architecture {cfg.get('arch')!r}")
+    from hilbed.nodes.workload.models import CifarResNet
+    return EdgeClassifier(CifarResNet(int(cfg["blocks"]), int(cfg["classes"])), cfg["mean"], cfg["std"])

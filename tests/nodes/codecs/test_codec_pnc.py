@@ -48,6 +48,16 @@ def fitted(store, teacher_ckpt, monkeypatch_module):
 
 
 @pytest.fixture(scope="module")
+def fitted_clf(store, teacher_ckpt, fitted):
+    """Stage 3 on top of ``fitted`` (same encoder): the artifact carries a fine-tuned classifier."""
+    from hilbed.nodes.codecs.fitting.neural import load_images
+    from hilbed.nodes.codecs.fitting.pnc import PRESETS, fit_pnc
+    data = load_images("synthetic:192", 32)
+    return fit_pnc(data, teacher_ckpt, fit=PRESETS["tiny"], store=store, init=fitted.id, epochs1=0, epochs2=0,
+                   classifier_epochs=1, lr3=3e-3)
+
+
+@pytest.fixture(scope="module")
 def monkeypatch_module():
     mp = pytest.MonkeyPatch()
     yield mp
@@ -209,6 +219,112 @@ def test_artifact_records_the_fit(fitted):
         assert {"encoder.conv1.weight", "encoder.conv2.bias"} <= set(z.files)
 
 
+# ------------------------------------------- stage 3: the edge classifier ---
+
+def test_plain_fit_carries_no_classifier_and_decodes_to_pixels(fitted, images, monkeypatch):
+    """An artifact without the classifier stage (and every older one) behaves as before."""
+    monkeypatch.setenv("HILBED_ARTIFACTS", str(Path(fitted.path).parent))
+    assert "classifier" not in fitted.meta and not (Path(fitted.path) / "classifier.npz").exists()
+    c = PncCodec(artifact=fitted.id)
+    assert not c.split_computing and not c.model.has_classifier and c.model.classifier() is None
+    enc = c.encode(images[0])
+    assert c.decode(enc.chunks, len(enc.chunks)).shape == (32, 32, 3)
+    with pytest.raises(NotImplementedError):
+        c.decode_features(enc.chunks, len(enc.chunks))
+
+
+def test_classifier_stage_round_trips_through_the_artifact(fitted, fitted_clf, teacher_ckpt):
+    from hilbed.nodes.codecs.nets.common import npz_to_arrays
+    from hilbed.nodes.workload.models import load_model
+    meta = fitted_clf.meta
+    assert meta["classifier"]["arch"] == "cifar-resnet" and meta["classifier"]["blocks"] == 1
+    assert meta["classifier"]["classes"] == 10 and len(meta["classifier"]["mean"]) == 3
+    assert meta["fit"]["init"] == fitted.id and meta["results"]["stage3"]["steps"] > 0
+    assert (Path(fitted_clf.path) / "classifier.npz").exists()
+    # the encoder, its Huffman tables and the decoder are those of the artifact it started from
+    a, b = load_pnc(fitted.id), load_pnc(fitted_clf.id)
+    assert all(np.array_equal(a.weights[k], b.weights[k]) for k in a.weights)
+    assert np.array_equal(a.coder.lengths, b.coder.lengths)
+    # the loaded classifier holds exactly the stored weights, and they are fine-tuned (not the teacher's)
+    clf = b.classifier()
+    stored = npz_to_arrays(fitted_clf.read_bytes("classifier.npz"))
+    for k, v in clf.state_dict().items():
+        assert np.array_equal(v.cpu().numpy(), stored[k]), k
+    teacher = load_model(teacher_ckpt, "cpu", 32).module.state_dict()
+    assert not torch.equal(clf.net.conv1.weight.cpu(), teacher["conv1.weight"])
+
+
+def test_codec_with_classifier_is_split_computing(fitted_clf, images, monkeypatch):
+    """The edge and eval-codecs read ``split_computing`` from the instance and classify with the artifact's copy."""
+    monkeypatch.setenv("HILBED_ARTIFACTS", str(Path(fitted_clf.path).parent))
+    c = PncCodec(artifact=fitted_clf.id)
+    m = c.model
+    assert c.split_computing and not PncCodec.split_computing
+    for im in images[:3]:
+        enc = c.encode(im)
+        for k in range(1, len(enc.chunks) + 1):
+            f = c.decode_features(enc.chunks[:k], len(enc.chunks))
+            sym = c.decode_symbols(enc.chunks[:k])
+            if sym.shape[0] == 0:
+                assert f is None
+                continue
+            p = c.predict_features(f)
+            assert p.shape == (1, 10) and abs(float(p.sum()) - 1) < 1e-4
+            # the artifact's classifier on the float reconstruction of exactly these channels
+            full = np.zeros((1, m.arch.channels, sym.shape[1]), np.uint8)
+            full[0, :sym.shape[0]] = sym
+            with torch.no_grad():
+                ref = torch.softmax(m.classifier()(m.reconstruct(full, np.array([sym.shape[0]]))), 1).cpu().numpy()
+            assert np.allclose(p, ref, atol=1e-6)
+        # pixels are still there for anyone who asks
+        assert c.decode(enc.chunks, len(enc.chunks)).shape == (32, 32, 3)
+    assert c.decode_features(PncCodec(artifact=fitted_clf.id, block_bytes=8).encode(images[0]).chunks[:1], 99) is None
+    # classifier=false: the edge's own model on pixels, as for an artifact without one
+    off = PncCodec(artifact=fitted_clf.id, classifier=False)
+    assert not off.split_computing
+
+
+def test_eval_codecs_classifies_with_the_artifacts_classifier(fitted_clf, images, monkeypatch):
+    """evaluate.py takes the split path: the edge model passed in is never asked (it would raise)."""
+    from hilbed.nodes.codecs.fitting.evaluate import Variant, evaluate_variant
+    monkeypatch.setenv("HILBED_ARTIFACTS", str(Path(fitted_clf.path).parent))
+
+    class _Refuses:
+        classes = tuple(str(i) for i in range(10))
+
+        def predict(self, batch):
+            raise AssertionError("the edge's model was used")
+
+    labels = np.zeros(len(images), np.int64)
+    row = evaluate_variant(Variant("pnc", {"artifact": fitted_clf.id}), images, labels, _Refuses(), batch=4)
+    c = PncCodec(artifact=fitted_clf.id)
+    top1 = np.mean([int(np.argmax(c.predict_features(c.decode_features(e.chunks, len(e.chunks)))[0])) == 0
+                    for e in map(c.encode, images)])
+    assert row["n"] == len(images) and row["top1"] == pytest.approx(top1)
+
+
+def test_evaluate_pnc_reports_top1_and_top5_per_block(fitted_clf, images, teacher_ckpt, monkeypatch):
+    from hilbed.nodes.codecs.fitting.pnc import evaluate_pnc
+    monkeypatch.setenv("HILBED_ARTIFACTS", str(Path(fitted_clf.path).parent))
+    y = np.arange(len(images)) % 10
+    ev = evaluate_pnc(fitted_clf.id, images, y, teacher_ckpt)
+    assert ev["classifier"] == "artifact" and len(ev["top1"]) == len(ev["top5"]) == len(ev["blocks"])
+    assert all(t1 <= t5 for t1, t5 in zip(ev["top1"], ev["top5"])) and ev["full_top5"] == ev["top5"][-1]
+    ev_pix = evaluate_pnc(fitted_clf.id, images, y, teacher_ckpt, use_classifier=False)
+    assert ev_pix["classifier"] == teacher_ckpt and ev_pix["blocks"] == ev["blocks"]
+
+
+def test_classifier_stage_is_skipped_for_a_non_resnet_teacher(store):
+    from hilbed.nodes.codecs.fitting.neural import load_images
+    from hilbed.nodes.codecs.fitting.pnc import PRESETS, fit_pnc
+    data = load_images("synthetic:64", 32)
+    art = fit_pnc(data, "synthetic-cnn", fit=PRESETS["tiny"], store=store, limit=64, epochs1=0.1, epochs2=0,
+                  classifier_epochs=0.1)
+    assert "classifier" not in art.meta and "skipped" in art.meta["results"]["stage3"]
+    # a preset that traded stage 2 for stage 3 spends those epochs on stage 2 instead
+    assert art.meta["fit"]["epochs2"] == 0.1 and art.meta["results"]["stage2"]["steps"] > 0
+
+
 # ------------------------------------------------- progressive end to end ---
 
 @pytest.mark.slow
@@ -257,3 +373,40 @@ conditions:
     assert partial == n
     df = pd.read_parquet(out.run_dir / "results.parquet")
     assert len(df) == n
+
+
+@pytest.mark.slow
+def test_edge_classifies_partial_prefixes_with_the_artifacts_classifier(fitted_clf, teacher_ckpt, repo, tmp_path,
+                                                                        monkeypatch):
+    """Embedded testbed, tight deadline: the edge takes the split path (decode_features + predict_features)."""
+    from hilbed.orchestrator.run.runner import Runner
+    monkeypatch.setenv("HILBED_ARTIFACTS", str(Path(fitted_clf.path).parent))
+    n = 4
+    scenario = tmp_path / "pnc-clf.yaml"
+    scenario.write_text(f"""
+name: pnc-clf
+workload: {{dataset: synthetic, model: "{teacher_ckpt}", images_per_trial: {n}, image_size: 32}}
+stream: {{period_ms: 120}}
+codecs:
+  - {{codec: pnc, params: {{artifact: {fitted_clf.id}}}, label: pnc}}
+conditions:
+  - {{name: tight, link: {{kind: trace, rate_kbps: 16, delay_ms: 5, packet_bytes: 64}}, jamming: none}}
+""")
+    out = Runner(repo / "testbed.yaml", scenario, results_dir=tmp_path / "runs", quiet=True, make_report=False).execute()
+    assert out.state == "complete" and out.records == n
+    recs = [json.loads(line) for line in (out.run_dir / "trials.jsonl").read_text().splitlines()]
+    codec = PncCodec(artifact=fitted_clf.id)
+    from hilbed.nodes.workload import open_dataset
+    ds = open_dataset("synthetic", 32, 0)
+    decoded = 0
+    for r in recs:
+        assert r["error"] is None
+        enc = codec.encode(ds[r["image_index"]][0])
+        f = codec.decode_features(enc.chunks[:r["chunks_delivered"]], len(enc.chunks))
+        assert r["decoded"] == (f is not None)
+        assert r["classified_by"] == ("codec" if f is not None else None)  # the record says whose prediction
+        if f is not None:
+            decoded += 1
+            p = codec.predict_features(f)[0]
+            assert r["top5"] == [int(i) for i in np.argsort(-p)[:5]]
+    assert decoded > 0
