@@ -361,6 +361,7 @@ class EdgeAgent(Agent):
             "edge_t_infer_end_ns": t_inf1, "edge_t_reply_ns": time.time_ns(),
             "rssi_dbm": (sum(inc.rssi) / len(inc.rssi)) if inc.rssi else None,
             "batch_size": batch_size, "batch_wait_ms": batch_wait_ms,
+            "classified_by": None if decoded is None else ("codec" if split else "edge-model"),
             **({"extra_top5": extra_top5} if extra_top5 is not None else {}),
         }
 

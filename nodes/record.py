@@ -61,6 +61,9 @@ FIELDS: dict[str, tuple[str, str]] = {
     "t_infer_end_ns": ("int64", "edge finished inference (ns)"),
     "batch_size": ("int32", "images the edge inferred together with this one (1: alone; null: not inferred)"),
     "batch_wait_ms": ("float64", "time the decoded image waited at the edge for its batch to form, ms"),
+    "classified_by": ("string", "what produced the prediction: 'edge-model' (the scenario's model on decoded pixels) "
+                                "or 'codec' (a split-computing codec's own stages: entropic student, CR+BQ, PNC with "
+                                "its fine-tuned classifier); null: nothing decoded"),
     "t_result_ns": ("int64", "reply reached the client (ns; null if none)"),
     "deadline_met": ("bool", "every byte of the image reached the edge by the deadline"),
     "decoded": ("bool", "the edge could decode what arrived"),
@@ -141,6 +144,7 @@ def make_record(raw: dict, *, run_id: str, scenario: str, trial_id: str, codec: 
         "t_decode_end_ns": _mapped(raw, "edge_t_decode_end_ns", e_ns),
         "t_infer_end_ns": _mapped(raw, "edge_t_infer_end_ns", e_ns), "t_result_ns": _mapped(raw, "t_result_ns", c_ns),
         "batch_size": raw.get("batch_size"), "batch_wait_ms": raw.get("batch_wait_ms"),
+        "classified_by": raw.get("classified_by"),
         "deadline_met": (raw.get("error") is None and bytes_delivered == bytes_total
                          and chunks_delivered == chunks_total),
         "decoded": decoded, "top1": top5[0] if top5 else None, "top5": top5,

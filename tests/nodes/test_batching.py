@@ -304,6 +304,7 @@ def test_four_clients_over_tcp_share_batches_when_batching_is_on(edge):
     off = _clients(port, 4, 3, 1000)
     assert len(off) == 12 and all(r["decoded"] and "error" not in r for r in off)
     assert {r["batch_size"] for r in off} == {1} and all(r["batch_wait_ms"] >= 0 for r in off)
+    assert {r["classified_by"] for r in off} == {"edge-model"}
     assert set(e.model.calls) == {1} and e._batcher is None
 
     applied = e.op_batching(max_batch=8, max_wait_ms=30)
