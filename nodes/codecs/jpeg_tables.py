@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -508,6 +509,11 @@ class JpegWriter:
                 ok = self._direct(_CHECK) == self._reference(_CHECK)
             except Exception:  # noqa: BLE001 - an internal Pillow API that moved: use Image.save
                 ok = False
+            if not ok and not any(v is False for v in _direct_checked.values()):
+                # slower, never wrong: say so once per process (an encode-time benchmark should know)
+                logging.getLogger(__name__).warning(
+                    "JPEG encode: Pillow %s's C encoder does not match Image.save for %s; using Image.save "
+                    "(same bytes, slower)", Image.__version__, self.mode)
             if len(_direct_checked) > 4096:  # fits build many configurations; the check is cheap to redo
                 _direct_checked.clear()
             _direct_checked[key] = ok

@@ -135,6 +135,19 @@ def test_fast_encode_path_falls_back_where_libjpeg_needs_a_bigger_buffer():
     assert writer.encode(x) == encode_jpeg_reference(x, np.ones((3, 64)), colour=ct)
 
 
+def test_a_direct_encoder_that_disagrees_is_not_used_and_says_so(monkeypatch, caplog):
+    """If Pillow's C encoder call ever writes other bytes than Image.save, the writer uses Image.save and logs it."""
+    import hilbed.nodes.codecs.jpeg_tables as J
+    monkeypatch.setattr(J, "_direct_checked", {})
+    monkeypatch.setattr(J, "_encode_core", lambda *a, **k: b"not the same bytes")
+    ct = ColourTransform.of((0.25, 0.5, 0.25))
+    x = np.random.default_rng(2).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    with caplog.at_level("WARNING", logger=J.__name__):
+        writer = JpegWriter(save_kwargs(np.full((3, 64), 4), optimize=True), ct)
+    assert not writer.direct and "using Image.save" in caplog.text
+    assert writer.encode(x) == encode_jpeg_reference(x, np.full((3, 64), 4), colour=ct)
+
+
 def test_yuv_planes_do_not_depend_on_the_image_size_or_the_buffers():
     """The planes the encoder hands libjpeg are the same whether computed per image, in one big batch or after
     another size used the per-thread buffers."""
