@@ -246,38 +246,37 @@ class _FeatureCodec(_SplitCodec):
         raise NotImplementedError(f"{self.name} decodes to features, not pixels: use decode_features/predict_features")
 
 
-class EntropicStudentCodec(_FeatureCodec):
-    name = "entropic"
-    family = "entropic"
-    fit_knob = "beta"
-    params_spec: ClassVar[dict[str, Param]] = {
-        "artifact": Param(str, "", doc="entropic-<hash> from `hilbed fit entropic`; empty: the artifact for the fit_* "
-                                       "params, fitted on first use (in the edge's prepare step, minutes)"),
+def _first_use_params(family: str, knob: str, knob_param: Param) -> dict[str, Param]:
+    """``artifact`` plus the ``fit_*`` params that name the model fitted on first use when it is empty."""
+    return {
+        "artifact": Param(str, "", doc=f"{family}-<hash> from `hilbed fit {family}`; empty: the artifact for the "
+                                       "fit_* params, fitted on first use (in the edge's prepare step, minutes)"),
         "fit_dataset": Param(str, "cifar10:fit", doc="first use only: training images (as `hilbed fit --dataset`)"),
         "fit_model": Param(str, "cifar-resnet:cifar10-resnet20",
                            doc="first use only: the teacher, a CIFAR ResNet (as `hilbed fit --model`)"),
         "fit_preset": Param(str, "small", choices=("tiny", "small", "medium", "full"),
                             doc="first use only: training preset (docs/neural-codecs.md)"),
         "fit_size": Param(int, 32, 8, 1024, doc="first use only: input resolution"),
-        "fit_beta": Param(float, 0.01, 1e-5, 10.0, doc="first use only: the rate weight (as `hilbed fit entropic --beta`)"),
+        f"fit_{knob}": knob_param,
     }
+
+
+class EntropicStudentCodec(_FeatureCodec):
+    name = "entropic"
+    family = "entropic"
+    fit_knob = "beta"
+    params_spec: ClassVar[dict[str, Param]] = _first_use_params(
+        "entropic", "beta", Param(float, 0.01, 1e-5, 10.0,
+                                  doc="first use only: the rate weight (as `hilbed fit entropic --beta`)"))
 
 
 class CrBqCodec(_FeatureCodec):
     name = "crbq"
     family = "crbq"
     fit_knob = "bottleneck"
-    params_spec: ClassVar[dict[str, Param]] = {
-        "artifact": Param(str, "", doc="crbq-<hash> from `hilbed fit crbq`; empty: the artifact for the fit_* "
-                                       "params, fitted on first use (in the edge's prepare step, minutes)"),
-        "fit_dataset": Param(str, "cifar10:fit", doc="first use only: training images (as `hilbed fit --dataset`)"),
-        "fit_model": Param(str, "cifar-resnet:cifar10-resnet20",
-                           doc="first use only: the teacher, a CIFAR ResNet (as `hilbed fit --model`)"),
-        "fit_preset": Param(str, "small", choices=("tiny", "small", "medium", "full"),
-                            doc="first use only: training preset (docs/neural-codecs.md)"),
-        "fit_size": Param(int, 32, 8, 1024, doc="first use only: input resolution"),
-        "fit_bottleneck": Param(int, 2, 1, 256, doc="first use only: bottleneck channels (as `hilbed fit crbq --bottleneck`)"),
-    }
+    params_spec: ClassVar[dict[str, Param]] = _first_use_params(
+        "crbq", "bottleneck", Param(int, 2, 1, 256,
+                                    doc="first use only: bottleneck channels (as `hilbed fit crbq --bottleneck`)"))
 
 
 class FactorizedPriorCodec(_SplitCodec):
