@@ -187,22 +187,27 @@ class MessageSender:
         assert isinstance(radio, SpinelRadio)
         report.frames += 1
         transactions = 0
-        while True:
-            if deadline is not None and time.monotonic() >= deadline:
-                return False, 0.0, 0.0
-            if max_transactions is not None and transactions >= max_transactions:
-                return False, 0.0, 0.0
-            transactions += 1
-            st = radio.send_frame(psdu, max_retries=self.max_retries, deadline=deadline)
-            report.attempts += st.attempts
-            report.cca_failures += st.cca_failures
-            if st.ok:
-                report.retries = report.attempts - report.frames
-                return True, st.t_done_monotonic, st.t_done_wall
-            report.retries = max(0, report.attempts - report.frames)
-            if st.result is TxResult.ERROR:
-                log.warning("transmit error (status %s); retrying", st.status_code)
-                time.sleep(0.001)
+        tried = 0  # this frame's attempts: its retries are those after the first
+        try:
+            while True:
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False, 0.0, 0.0
+                if max_transactions is not None and transactions >= max_transactions:
+                    return False, 0.0, 0.0
+                transactions += 1
+                st = radio.send_frame(psdu, max_retries=self.max_retries, deadline=deadline)
+                tried += st.attempts
+                report.attempts += st.attempts
+                report.cca_failures += st.cca_failures
+                if st.ok:
+                    return True, st.t_done_monotonic, st.t_done_wall
+                if st.result is TxResult.ERROR:
+                    log.warning("transmit error (status %s); retrying", st.status_code)
+                    time.sleep(0.001)
+        finally:
+            # per frame, not attempts - frames over the message: a frame the deadline stopped before its
+            # first attempt would make that negative (-1 per aborted message, seen on a jammed run)
+            report.retries += max(0, tried - 1)
 
     def _send_spinel(self, msg_id: int, chunks: list[bytes], deadline: float, report: SendReport) -> None:
         begin = struct.pack("<HI", len(chunks), report.bytes_total)

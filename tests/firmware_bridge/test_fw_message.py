@@ -131,6 +131,19 @@ def test_abort_at_deadline_yields_prefix(spinel_pair: tuple[Radio, Radio]) -> No
     assert len(msg.chunks) == report.chunks_delivered
 
 
+def test_a_frame_stopped_before_its_first_attempt_does_not_make_retries_negative(
+        spinel_pair: tuple[Radio, Radio]) -> None:
+    """The deadline stops a data frame before it is sent; the abort frame then goes out on its first attempt."""
+    a, _ = spinel_pair
+    sender = MessageSender(a, dst=0x0002)
+    report = SendReport(1, a.protocol, 1, 10, started_monotonic=time.monotonic(), deadline_monotonic=0.0)
+    ok, _, _ = sender._deliver(b"\x00" * 12, time.monotonic() - 1.0, report)  # deadline already passed
+    assert not ok and report.frames == 1 and report.attempts == 0
+    ok, _, _ = sender._deliver(sender._frame(KIND_END, 0, 1, 0, 0, b"\x00\x00"), None, report, max_transactions=2)
+    assert ok and report.frames == 2 and report.attempts >= 1
+    assert report.retries == report.attempts - 1 >= 0  # was attempts - frames: -1 here
+
+
 def test_abort_over_wuart_yields_prefix(wuart_pair: tuple[Radio, Radio]) -> None:
     a, b = wuart_pair
     chunks = make_chunks(12_000, 24, seed=4)
