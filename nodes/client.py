@@ -13,11 +13,12 @@ energy of its encode and transmit windows (docs/energy.md).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from hilbed.nodes.agent import Agent, AgentError, run_agent
+from hilbed.nodes.agent import Agent, AgentError, limit_compute_threads, run_agent
 from hilbed.nodes.codecs import make_codec
 from hilbed.nodes.events import AgentEvent
 from hilbed.nodes.link import Link, open_link
@@ -109,7 +110,8 @@ class ClientAgent(Agent):
         if key != self.dataset_key:
             self.dataset = open_dataset(dataset, size, seed)
             self.dataset_key = key
-        return {"dataset": self.dataset.describe(), "classes": list(self.dataset.classes)}
+        return {"dataset": self.dataset.describe(), "classes": list(self.dataset.classes),
+                "compute_threads": int(os.environ.get("OMP_NUM_THREADS") or 0) or None}
 
     def op_open_link(self, spec: dict, host: str, port: int, edge_minus_client_ns: int = 0, seed: int = 0,
                      secret: str | None = None) -> dict:
@@ -239,5 +241,9 @@ def _int_or_none(v: object) -> int | None:
     return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+#: a client's torch/BLAS threads (``HILBED_CLIENT_THREADS``; see :func:`~hilbed.nodes.agent.limit_compute_threads`)
+CLIENT_THREADS_ENV = "HILBED_CLIENT_THREADS"
+
 if __name__ == "__main__":
+    limit_compute_threads(int(os.environ.get(CLIENT_THREADS_ENV) or 1))
     run_agent(ClientAgent)

@@ -122,6 +122,8 @@ def _prepare_client(ctx: Any, node: str) -> None:
     """Open the dataset; its classes must be the ones the edge's model labels (checked before any trial)."""
     wl = ctx.scenario.workload
     got = ctx.agent(node, "client").call("configure", node=node, dataset=wl.dataset, size=wl.image_size, seed=wl.seed)
+    if got and "compute_threads" in got:  # what the client's encoders may use (HILBED_CLIENT_THREADS, default 1)
+        ctx.manifest.setdefault("client_compute_threads", {})[node] = got["compute_threads"]
     power = ctx.testbed.nodes[node].power
     if power is not None and power.meter != "none":
         settings = power.model_dump(exclude={"meter", "radio"}, exclude_none=True)

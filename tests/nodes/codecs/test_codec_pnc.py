@@ -394,6 +394,8 @@ conditions:
 """)
     out = Runner(repo / "testbed.yaml", scenario, results_dir=tmp_path / "runs", quiet=True, make_report=False).execute()
     assert out.state == "complete" and out.records == n
+    # the client encodes with one torch thread (a spinning pool on a shared host costs tens of ms per image)
+    assert json.loads((out.run_dir / "manifest.json").read_text())["client_compute_threads"] == {"client-1": 1}
     recs = [json.loads(line) for line in (out.run_dir / "trials.jsonl").read_text().splitlines()]
     codec = PncCodec(artifact=fitted_clf.id)
     from hilbed.nodes.workload import open_dataset
