@@ -26,6 +26,7 @@ class RunEvent(str, Enum):
     RESUMED = "resumed"
     FAILED = "failed"
     TRIAL_DONE = "trial_done"
+    CODEC_WARMED = "codec_warmed"          # the edge built a trial's codec before its stream (load time)
     STRAY_RECORD = "stray_record"          # a record for no trial of this run
     AGENT_EVENT = "agent_event"            # an agent's event, kept as sent
     INCIDENT = "incident"                  # a node dropped during a trial

@@ -444,6 +444,10 @@ class Runner:
 
     def _run_trial(self, t: Trial, remaining: dict[str, list[int]]) -> None:
         period = self.scenario.stream.period_ms
+        # the edge builds the codec before the stream, as each client does before its first image
+        warm = self.ctx.agent(self.testbed.edge, "edge").call("warm_codec", timeout=600, codec=t.codec.codec,
+                                                              params=t.codec.params)
+        self.ctx.event(RunEvent.CODEC_WARMED, trial_id=t.id, result=warm)
         t_call = time.time_ns()
         start_ns = t_call + START_MARGIN_NS  # common start so clients' streams are aligned
         futs = {}
