@@ -400,3 +400,19 @@ def test_split_codecs_and_extra_images_bypass_the_batcher(batch):
         assert e.model.calls == [1, 2]  # the image (alone or via the batcher), then the extras together
     finally:
         e.teardown()
+
+
+def test_warm_codec_builds_the_trials_codec_before_the_stream():
+    """The runner asks the edge to build a trial's codec first: the first image then finds it in the cache."""
+    from hilbed.nodes.agent import AgentError
+    from hilbed.nodes.edge import EdgeAgent
+    e = EdgeAgent()
+    try:
+        got = e.op_warm_codec("jpeg", {"quality": 40})
+        assert got["codec"] == "jpeg" and got["load_s"] >= 0 and got["split_computing"] is False
+        built = list(e.codecs.values())
+        assert len(built) == 1 and e._codec("jpeg", {"quality": 40}) is built[0]  # the stream reuses it
+        with pytest.raises(AgentError, match="does not load on the edge"):
+            e.op_warm_codec("jpeg", {"quality": 400})
+    finally:
+        e.teardown()
