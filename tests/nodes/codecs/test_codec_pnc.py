@@ -327,25 +327,30 @@ def test_classifier_stage_is_skipped_for_a_non_resnet_teacher(store):
 
 # ------------------------------------------------- progressive end to end ---
 
-@pytest.mark.slow
-def test_tight_deadline_gives_partial_but_correct_decodes(fitted, teacher_ckpt, repo, tmp_path, monkeypatch):
-    """Embedded testbed, 16 kbit/s trace link, 120 ms deadline: some blocks arrive, never all."""
-    import pandas as pd
-
+def _tight_run(art, teacher_ckpt, repo, tmp_path, monkeypatch, n: int):
+    """One PNC trial of ``n`` synthetic images on the embedded testbed over a 16 kbit/s trace link, 120 ms apart."""
     from hilbed.orchestrator.run.runner import Runner
-    monkeypatch.setenv("HILBED_ARTIFACTS", str(Path(fitted.path).parent))
-    n = 6
+    monkeypatch.setenv("HILBED_ARTIFACTS", str(Path(art.path).parent))
     scenario = tmp_path / "pnc-tight.yaml"
     scenario.write_text(f"""
 name: pnc-tight
 workload: {{dataset: synthetic, model: "{teacher_ckpt}", images_per_trial: {n}, image_size: 32}}
 stream: {{period_ms: 120}}
 codecs:
-  - {{codec: pnc, params: {{artifact: {fitted.id}}}, label: pnc}}
+  - {{codec: pnc, params: {{artifact: {art.id}}}, label: pnc}}
 conditions:
   - {{name: tight, link: {{kind: trace, rate_kbps: 16, delay_ms: 5, packet_bytes: 64}}, jamming: none}}
 """)
-    out = Runner(repo / "testbed.yaml", scenario, results_dir=tmp_path / "runs", quiet=True, make_report=False).execute()
+    return Runner(repo / "testbed.yaml", scenario, results_dir=tmp_path / "runs", quiet=True, make_report=False).execute()
+
+
+@pytest.mark.slow
+def test_tight_deadline_gives_partial_but_correct_decodes(fitted, teacher_ckpt, repo, tmp_path, monkeypatch):
+    """Embedded testbed, 16 kbit/s trace link, 120 ms deadline: some blocks arrive, never all."""
+    import pandas as pd
+
+    n = 6
+    out = _tight_run(fitted, teacher_ckpt, repo, tmp_path, monkeypatch, n)
     assert out.state == "complete" and out.records == n
     recs = [json.loads(line) for line in (out.run_dir / "trials.jsonl").read_text().splitlines()]
     assert len(recs) == n
@@ -379,20 +384,8 @@ conditions:
 def test_edge_classifies_partial_prefixes_with_the_artifacts_classifier(fitted_clf, teacher_ckpt, repo, tmp_path,
                                                                         monkeypatch):
     """Embedded testbed, tight deadline: the edge takes the split path (decode_features + predict_features)."""
-    from hilbed.orchestrator.run.runner import Runner
-    monkeypatch.setenv("HILBED_ARTIFACTS", str(Path(fitted_clf.path).parent))
     n = 4
-    scenario = tmp_path / "pnc-clf.yaml"
-    scenario.write_text(f"""
-name: pnc-clf
-workload: {{dataset: synthetic, model: "{teacher_ckpt}", images_per_trial: {n}, image_size: 32}}
-stream: {{period_ms: 120}}
-codecs:
-  - {{codec: pnc, params: {{artifact: {fitted_clf.id}}}, label: pnc}}
-conditions:
-  - {{name: tight, link: {{kind: trace, rate_kbps: 16, delay_ms: 5, packet_bytes: 64}}, jamming: none}}
-""")
-    out = Runner(repo / "testbed.yaml", scenario, results_dir=tmp_path / "runs", quiet=True, make_report=False).execute()
+    out = _tight_run(fitted_clf, teacher_ckpt, repo, tmp_path, monkeypatch, n)
     assert out.state == "complete" and out.records == n
     # the client encodes with one torch thread (a spinning pool on a shared host costs tens of ms per image)
     assert json.loads((out.run_dir / "manifest.json").read_text())["client_compute_threads"] == {"client-1": 1}
