@@ -176,6 +176,7 @@ class _SplitCodec(Codec):
         super().__init__(**params)
         # Load torch, compressai and the weights now and run one image through, so
         # that a client's first image does not pay seconds of start-up.
+        self._artifact_id = ""  # the first-use artifact's id once resolved (fingerprinting the teacher costs a hash)
         self._model = load_split(self.artifact_id)
         self.encode(np.zeros((self._model.arch.size,) * 2 + (3,), np.uint8))
 
@@ -184,9 +185,12 @@ class _SplitCodec(Codec):
         """The ``artifact`` param, or the artifact fitted on first use for the ``fit_*`` params."""
         if self.params["artifact"]:
             return self.params["artifact"]
-        p = self.params
-        return first_use_fitter(self.family)(self.family, p["fit_dataset"], p["fit_model"], p["fit_preset"],
-                                             p["fit_size"], p[f"fit_{self.fit_knob}"]).id
+        if not self._artifact_id:
+            p = self.params
+            self._artifact_id = first_use_fitter(self.family)(self.family, p["fit_dataset"], p["fit_model"],
+                                                              p["fit_preset"], p["fit_size"],
+                                                              p[f"fit_{self.fit_knob}"]).id
+        return self._artifact_id
 
     @classmethod
     def prepare(cls, params: dict[str, Any]) -> None:

@@ -550,9 +550,9 @@ def _writer(kw_key: tuple, weights: tuple | None) -> JpegWriter:
 
 
 def encode_jpeg(image: np.ndarray, tables=None, quality: int | None = None, colour: ColourTransform | None = None,
-                optimize: bool = True, subsampling: str = "4:4:4", _kw: dict | None = None) -> bytes:
+                optimize: bool = True, subsampling: str = "4:4:4") -> bytes:
     """One full baseline JPEG stream. ``tables``: (C, 64) natural order, used verbatim (clamped 1..255)."""
-    kw = _kw if _kw is not None else save_kwargs(tables, quality, optimize, subsampling)
+    kw = save_kwargs(tables, quality, optimize, subsampling)
     key = tuple((k, tuple(tuple(t) for t in v) if k == "qtables" else v) for k, v in sorted(kw.items()))
     return _writer(key, colour.weights if colour is not None else None).encode(image)
 
