@@ -37,6 +37,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from hilbed.nodes.agent import Agent, AgentError, run_agent
@@ -172,6 +173,7 @@ class JamEngine:
         self.channel_mbps = NOMINAL_CHANNEL_MBPS
         self.medium_file: str | None = os.environ.get(MEDIUM_ENV) or None
         self.server: subprocess.Popen | None = None
+        self.server_tail: deque[str] = deque(maxlen=20)  # the server's last output lines (error messages)
         self.client: subprocess.Popen | None = None
         self.stop_reason: str | None = None
         self.shutdown = False
@@ -189,6 +191,21 @@ class JamEngine:
         return subprocess.Popen([self.binary, *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=lambda: _child_setup(parent))
+
+    def _drain(self, proc: subprocess.Popen) -> None:
+        """Read the server's output for as long as it lives, keeping the last lines.
+
+        The server prints a report per test; left in an unread pipe it fills
+        the pipe (64 KiB, ~50 two-stream tests) and iperf3 then blocks writing
+        it, so the next segment hangs and the jammer falls silent for seconds.
+        """
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                self.server_tail.append(line)
+                if "error" in line.lower():
+                    log.warning("iperf3 server: %s", line[:200])
 
     @staticmethod
     def _kill(p: subprocess.Popen | None, grace_s: float = 0.3) -> None:
@@ -217,12 +234,16 @@ class JamEngine:
             return
         if self.port is None:
             self.port = _free_port()
+        self.server_tail.clear()
         self.server = self._spawn(["-s", "-B", "127.0.0.1", "-p", str(self.port)])
+        drain = threading.Thread(target=self._drain, args=(self.server,), name="iperf3-server-output", daemon=True)
+        drain.start()
         time.sleep(0.15)  # let it bind
         if self.server.poll() is not None:
-            out = self.server.stdout.read().decode(errors="replace") if self.server.stdout else ""
+            drain.join(1.0)
             self.server = None
-            raise AgentError(f"iperf3 server did not start on port {self.port}: {out.strip()[:200]}")
+            out = " | ".join(self.server_tail)
+            raise AgentError(f"iperf3 server did not start on port {self.port}: {out[:200]}")
 
     def _stop_traffic(self) -> None:
         self._kill(self.client)

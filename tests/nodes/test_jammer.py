@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from hilbed.nodes.agent import AgentError
-from hilbed.nodes.jammer import Level, parse_iperf3_json
+from hilbed.nodes.jammer import JamEngine, Level, parse_iperf3_json
 from hilbed.nodes.link.medium import read_medium
 from hilbed.orchestrator.lab.transport import REPO_ROOT, AgentHandle, LocalTransport
 
@@ -88,6 +88,23 @@ def _start(tmp_path, events=None) -> AgentHandle:
     h = AgentHandle("jammer", "jammer", proc, (lambda n, r, m: events.append(m)) if events is not None else None)
     h.wait_ready(30)
     return h
+
+
+@needs_iperf3
+def test_the_servers_own_output_never_stalls_it():
+    """The server prints a report per test; unread, that output used to fill its pipe after ~50 two-stream
+    segments, and the next segment hung until the engine gave up (a ~7.5 s hole in the jamming, every ~57 s)."""
+    engine = JamEngine(agent=None)
+    try:
+        engine._ensure_server()
+        for i in range(150):  # ~2 KiB of server output each: well past a 64 KiB pipe
+            p = subprocess.run([engine.binary, "-c", "127.0.0.1", "-p", str(engine.port), "-u", "-b", "1000000",
+                                "-l", "1400", "-P", "2", "-n", "1400", "--connect-timeout", "2000"],
+                               capture_output=True, timeout=10)
+            assert p.returncode == 0, f"test {i}: {p.stdout[-300:]!r}"
+        assert engine.server.poll() is None and any("receiver" in line for line in engine.server_tail)
+    finally:
+        engine.close()
 
 
 # ------------------------------------------------------------ end to end ---
