@@ -108,6 +108,8 @@ class PncFit:
     classifier_temperature: float = 4.0
     classifier_full_prob: float = 0.25  # share of each stage-3 batch that keeps every channel
     classifier_joint: bool = False      # also train the decoder (at lr3 / 10, keeping recon_weight * pixel MSE)
+    classifier_encoder: bool = False    # also train the encoder (at lr3 / 10, straight-through quantiser): the
+                                        # latent itself then learns what the classifier needs, end to end
     augment: bool = True
     limit: int | None = None   # use at most this many training images
     seed: int = 0
@@ -263,16 +265,18 @@ def fit_pnc(data, teacher_spec: str, arch: PncArch | None = None, fit: PncFit | 
         from hilbed.nodes.codecs.nets.pnc import EdgeClassifier
         student = EdgeClassifier(copy.deepcopy(teacher.module), teacher.mean.flatten().tolist(),
                                  teacher.std.flatten().tolist()).to(dev)
+        if init_model is not None and init_model.has_classifier:
+            # continue from the init artifact's fine-tuned classifier, not from the teacher again
+            student.load_state_dict(init_model.classifier().state_dict())
+            student = student.to(dev)
         for p in student.parameters():
             p.requires_grad_(True)
-        for p in enc.parameters():
-            p.requires_grad_(False)
         groups = [{"params": list(student.parameters())}]
-        if fit.classifier_joint:
-            groups.append({"params": list(dec.parameters()), "lr_scale": 0.1})
-        else:
-            for p in dec.parameters():
-                p.requires_grad_(False)
+        for part, on in ((dec, fit.classifier_joint), (enc, fit.classifier_encoder)):
+            for p in part.parameters():
+                p.requires_grad_(on)
+            if on:
+                groups.append({"params": list(part.parameters()), "lr_scale": 0.1})
         opt3 = torch.optim.Adam(groups, lr=fit.lr3)
 
         def step3(idx, frac):
@@ -280,8 +284,12 @@ def fit_pnc(data, teacher_spec: str, arch: PncArch | None = None, fit: PncFit | 
             if fit.augment:
                 x = augment(x, gen)
             with torch.no_grad():
-                q = torch.round(torch.sigmoid(enc(x)) * levels) / levels
                 target = teacher(x)
+            if fit.classifier_encoder:
+                q = quantise_ste(torch.sigmoid(enc(x)), levels)
+            else:
+                with torch.no_grad():
+                    q = torch.round(torch.sigmoid(enc(x)) * levels) / levels
             mask, _ = tail_drop_mask(len(idx), arch.channels, gen)
             full = (torch.rand(len(idx), generator=gen) < fit.classifier_full_prob).float().view(-1, 1)
             mask = mask * (1 - full) + full
@@ -290,7 +298,7 @@ def fit_pnc(data, teacher_spec: str, arch: PncArch | None = None, fit: PncFit | 
             loss = kd_loss(logits, target, y_all[idx].to(dev), alpha=fit.classifier_alpha,
                            temperature=fit.classifier_temperature)
             terms = {"kd": loss.item()}
-            if fit.classifier_joint and fit.recon_weight > 0:
+            if (fit.classifier_joint or fit.classifier_encoder) and fit.recon_weight > 0:
                 mse = F.mse_loss(rec, x)
                 loss = loss + fit.recon_weight * mse
                 terms["mse"] = mse.item()
@@ -302,6 +310,7 @@ def fit_pnc(data, teacher_spec: str, arch: PncArch | None = None, fit: PncFit | 
 
         student.train()
         dec.train(fit.classifier_joint)
+        enc.train(fit.classifier_encoder)
         r3 = train_loop(step3, len(data), fit.batch, fit.classifier_epochs, [(opt3, Schedule(fit.lr3))],
                         fit.seed + 3, progress, "pnc stage 3 (edge classifier)")
         student.eval(); dec.eval()
@@ -403,7 +412,8 @@ _ARCH_ARGS = ("channels", "stride", "enc_width", "dec_width", "bits")
 
 
 _FIT_ARGS = ("epochs1", "epochs2", "lr1", "lr2", "recon_weight", "feature_weight", "batch",
-             "classifier_epochs", "lr3", "classifier_alpha", "classifier_temperature", "classifier_joint")
+             "classifier_epochs", "lr3", "classifier_alpha", "classifier_temperature", "classifier_joint",
+             "classifier_encoder")
 
 
 def auto_settings(dataset: str, model: str, preset: str, size: int) -> dict:
@@ -445,9 +455,11 @@ def fit_cli(parser) -> None:
     parser.add_argument("--classifier-temperature", type=float, default=None, help="stage 3 distillation temperature")
     parser.add_argument("--classifier-joint", action="store_true", default=None,
                         help="stage 3 also trains the decoder (at lr3/10, with the pixel MSE term)")
+    parser.add_argument("--classifier-encoder", action="store_true", default=None,
+                        help="stage 3 also trains the encoder (at lr3/10, straight-through quantiser): end to end")
     parser.add_argument("--init", default=None, metavar="ARTIFACT",
-                        help="start from this pnc artifact's encoder and decoder (e.g. --epochs1 0 --epochs2 0 "
-                             "--classifier-epochs N adds only stage 3)")
+                        help="start from this pnc artifact's encoder, decoder and classifier (e.g. --epochs1 0 "
+                             "--epochs2 0 --classifier-epochs N adds only stage 3)")
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--channels", type=int, default=None, help="latent channels M (default 16 at 32 px, 10 at 224)")
     parser.add_argument("--stride", type=int, choices=(4, 8), default=None, help="encoder down-sampling")

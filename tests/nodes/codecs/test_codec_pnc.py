@@ -254,6 +254,31 @@ def test_classifier_stage_round_trips_through_the_artifact(fitted, fitted_clf, t
     assert not torch.equal(clf.net.conv1.weight.cpu(), teacher["conv1.weight"])
 
 
+def test_end_to_end_stage_trains_the_encoder_and_continues_the_classifier(fitted_clf, store, teacher_ckpt):
+    """``classifier_encoder``: stage 3 also moves the encoder (and so its Huffman statistics); an init artifact
+    that carries a classifier is continued from, not restarted from the teacher."""
+    from hilbed.nodes.codecs.fitting.neural import load_images
+    from hilbed.nodes.codecs.fitting.pnc import PRESETS, fit_pnc
+    data = load_images("synthetic:192", 32)
+    kw = dict(fit=PRESETS["tiny"], store=store, init=fitted_clf.id, epochs1=0, epochs2=0, lr3=3e-3)
+    frozen = fit_pnc(data, teacher_ckpt, classifier_epochs=0.01, seed=5, **kw)   # one step, encoder frozen
+    e2e = fit_pnc(data, teacher_ckpt, classifier_epochs=1, classifier_joint=True, classifier_encoder=True, **kw)
+    a, f, b = load_pnc(fitted_clf.id), load_pnc(frozen.id), load_pnc(e2e.id)
+    enc = [k for k in a.weights if k.startswith("encoder.")]
+    assert enc and all(np.array_equal(a.weights[k], f.weights[k]) for k in enc)
+    assert not all(np.array_equal(a.weights[k], b.weights[k]) for k in enc)
+    assert e2e.meta["fit"]["classifier_encoder"] is True and e2e.meta["fit"]["init"] == fitted_clf.id
+    # a few small steps stay near where they started: the init artifact's classifier, not the teacher
+    teacher = load_model_state(teacher_ckpt)["conv1.weight"]
+    start, short = a.classifier().net.conv1.weight.detach(), f.classifier().net.conv1.weight.detach()
+    assert (short - start).abs().max() < (short - teacher).abs().max()
+
+
+def load_model_state(spec: str) -> dict:
+    from hilbed.nodes.workload.models import load_model
+    return load_model(spec, "cpu", 32).module.state_dict()
+
+
 def test_codec_with_classifier_is_split_computing(fitted_clf, images, monkeypatch):
     """The edge and eval-codecs read ``split_computing`` from the instance and classify with the artifact's copy."""
     monkeypatch.setenv("HILBED_ARTIFACTS", str(Path(fitted_clf.path).parent))
