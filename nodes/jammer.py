@@ -54,6 +54,8 @@ DEFAULT_LEVELS: dict[str, dict] = {
 }
 DEFAULT_WATCHDOG_S = 5.0
 SEGMENT_S = 1  # iperf3 -t takes whole seconds
+#: a segment that starts at most this long after the previous one ended (same level) is accounted from that end
+JOIN_S = 1.0
 
 _PR_SET_PDEATHSIG = 1
 try:
@@ -181,6 +183,7 @@ class JamEngine:
         self._meter = {"bytes": 0, "span": 0.0, "t0": None, "packets": 0, "lost": 0, "segments": 0}
         self.totals = {"segments": 0, "bytes": 0, "errors": 0}
         self.last_error: str | None = None
+        self._seg_end: tuple[int, float, float] | None = None  # (generation, monotonic, wall) end of the last segment
         self.thread = threading.Thread(target=self._main, name="jam-engine", daemon=True)
         self.thread.start()
 
@@ -367,15 +370,20 @@ class JamEngine:
             self._publish(0.0, 0.0)
 
     def _segment(self, lv: Level, gen: int) -> None:
+        t_start, m0 = time.time(), time.monotonic()
+        limit = m0 + (lv.on_ms / 1000 if lv.on_ms and lv.off_ms else SEGMENT_S) + 5.0
+        prev, self._seg_end = self._seg_end, None
+        if prev is not None and prev[0] == gen and m0 - prev[1] <= JOIN_S:
+            # the previous segment of this level ended just now: account from its end, so the time this loop
+            # spent between the two (reading, publishing, spawning) counts as time without traffic, and the
+            # measurement windows tile the level's time instead of leaving slivers no window covers
+            m0, t_start = prev[1], prev[2]
         self._ensure_server()
         host = self.target or "127.0.0.1"
-        t_start = time.time()
-        m0 = time.monotonic()
         if self.last is not None:
             self._publish(self.last["on_load"], self.last["on_mbps"], lv.name)
         proc = self.client = self._spawn(["-c", host, "-p", str(self.port), "--json", "--connect-timeout", "3000",
                                           *lv.iperf_args()])
-        limit = m0 + (lv.on_ms / 1000 if lv.on_ms and lv.off_ms else SEGMENT_S) + 5.0
         while True:
             try:
                 proc.wait(0.1)
@@ -406,6 +414,7 @@ class JamEngine:
             if self.generation != gen:
                 return
             span = time.monotonic() - m0
+        self._seg_end = (gen, m0 + span, t_start + span)
         self.totals["segments"] += 1
         self.totals["bytes"] += res["bytes"]
         m = self._meter

@@ -107,6 +107,37 @@ def test_the_servers_own_output_never_stalls_it():
         engine.close()
 
 
+class _Events:
+    def __init__(self):
+        self.loads: list[dict] = []
+
+    def event(self, kind, **fields):
+        self.loads.append(fields)
+
+
+@needs_iperf3
+def test_measurement_windows_tile_the_levels_time_when_the_loop_stalls():
+    """Time the engine spends between segments (here a 0.3 s stall each time it publishes) belongs to a window,
+    as time without traffic: windows follow each other without gaps, and the stall lowers the measured load.
+    Before, each such sliver was covered by no window, and an image sent then had no jamming claim."""
+    agent = _Events()
+    engine = JamEngine(agent=agent)
+    engine._publish = lambda *a, **k: time.sleep(0.3)
+    try:
+        engine.configure(Level.resolve("light", None))
+        deadline = time.monotonic() + 20
+        while len(agent.loads) < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        engine.close()
+    w = agent.loads
+    assert len(w) >= 3
+    for a, b in zip(w, w[1:]):
+        assert b["t_start"] == pytest.approx(a["t_end"], abs=1e-6)
+    # ~1 s of 4 Mbit/s traffic per ~1.3 s of wall time: the stall shows as a lower load, not as a hole
+    assert all(x["mbps"] < 3.7 for x in w[1:])
+
+
 # ------------------------------------------------------------ end to end ---
 
 @needs_iperf3
