@@ -137,9 +137,10 @@ PRESETS = {
     # 75.95 % full / 51.1 % at 64 B; 24 x 4 bits with the 32-wide encoder 74.75 % / 61.5 %.
     "medium": PncFit(epochs1=8, epochs2=0, classifier_epochs=9, classifier_joint=True, classifier_encoder=True,
                      arch=(("channels", 24), ("bits", 4), ("enc_width", 64))),
-    # GPU (not measured here): the CPU recipe with long runs; try --channels 24/32 too.
+    # GPU (not measured here): the medium recipe with long runs and the 128-wide decoder.
     "full": PncFit(epochs1=40, epochs2=40, batch=128, lr1=1e-3, lr2=2e-4, classifier_epochs=40,
-                   classifier_joint=True),
+                   classifier_joint=True, classifier_encoder=True,
+                   arch=(("channels", 24), ("bits", 4), ("enc_width", 64), ("dec_width", 128))),
 }
 
 
@@ -445,8 +446,8 @@ def auto_artifact(dataset: str, model: str, preset: str, size: int, store: Artif
 def fit_cli(parser) -> None:
     """Arguments of ``hilbed fit pnc`` beyond the common ones (dataset, model, size, seed, device, threads)."""
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small",
-                        help="tiny (tests, seconds), small (~5 CPU minutes), medium (~13), full (GPU); small, medium "
-                             "and full include the classifier stage (3); default small")
+                        help="tiny (tests, seconds), small (~5 CPU minutes), medium (~15, end to end), full (GPU); "
+                             "small, medium and full include the classifier stage (3); default small")
     parser.add_argument("--limit", type=int, default=None, help="use at most this many training images")
     parser.add_argument("--epochs1", type=float, default=None, help="stage 1 (reconstruction + tail-drop) epochs")
     parser.add_argument("--epochs2", type=float, default=None, help="stage 2 (distillation) epochs")

@@ -279,6 +279,20 @@ def load_model_state(spec: str) -> dict:
     return load_model(spec, "cpu", 32).module.state_dict()
 
 
+def test_a_preset_shapes_the_latent_and_options_still_win(store, teacher_ckpt):
+    from dataclasses import replace
+
+    from hilbed.nodes.codecs.fitting.neural import load_images
+    from hilbed.nodes.codecs.fitting.pnc import PRESETS, fit_pnc
+    data = load_images("synthetic:64", 32)
+    fit = replace(PRESETS["tiny"], epochs1=0.1, epochs2=0, arch=(("channels", 8), ("bits", 4)))
+    a = fit_pnc(data, teacher_ckpt, fit=fit, store=store)
+    b = fit_pnc(data, teacher_ckpt, fit=fit, store=store, channels=12)
+    assert (a.meta["arch"]["channels"], a.meta["arch"]["bits"]) == (8, 4)
+    assert (b.meta["arch"]["channels"], b.meta["arch"]["bits"]) == (12, 4)
+    assert load_pnc(a.id, store).coder.lengths.shape == (8, 16)   # 4 bits: 16 symbols per channel
+
+
 def test_codec_with_classifier_is_split_computing(fitted_clf, images, monkeypatch):
     """The edge and eval-codecs read ``split_computing`` from the instance and classify with the artifact's copy."""
     monkeypatch.setenv("HILBED_ARTIFACTS", str(Path(fitted_clf.path).parent))
