@@ -384,7 +384,7 @@ class PncCodec(Codec):
         "max_channels": Param(int, 0, 0, 4096, doc="send at most this many latent channels (0 = all)"),
         "fit_dataset": Param(str, "synthetic", doc="auto-fit only: training images (as `hilbed fit --dataset`)"),
         "fit_model": Param(str, "synthetic-cnn", doc="auto-fit only: the target model (as `hilbed fit --model`)"),
-        "fit_preset": Param(str, "small", choices=("tiny", "small", "medium", "full"),
+        "fit_preset": Param(str, "small", choices=("tiny", "small", "medium", "large", "full"),
                             doc="auto-fit only: training preset"),
         "fit_size": Param(int, 32, 8, 1024, doc="auto-fit only: input resolution"),
         "classifier": Param(bool, True, doc="when the artifact carries a fine-tuned classifier (fitted with "

@@ -293,6 +293,13 @@ def test_a_preset_shapes_the_latent_and_options_still_win(store, teacher_ckpt):
     assert load_pnc(a.id, store).coder.lengths.shape == (8, 16)   # 4 bits: 16 symbols per channel
 
 
+def test_the_codecs_fit_preset_choices_are_the_fitters_presets():
+    """The runtime codec cannot import the fitter, so it spells the presets out; they must not drift apart."""
+    from hilbed.nodes.codecs.fitting.pnc import PRESETS
+    from hilbed.nodes.codecs.pnc import PncCodec
+    assert set(PncCodec.params_spec["fit_preset"].choices) == set(PRESETS)
+
+
 def test_codec_with_classifier_is_split_computing(fitted_clf, images, monkeypatch):
     """The edge and eval-codecs read ``split_computing`` from the instance and classify with the artifact's copy."""
     monkeypatch.setenv("HILBED_ARTIFACTS", str(Path(fitted_clf.path).parent))
