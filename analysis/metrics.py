@@ -254,11 +254,31 @@ def throughput_series(df: pd.DataFrame, bin_s: float = 0.5, t0_ns: int | None = 
     end = np.maximum(end, start + 1e-6)
     b = np.nan_to_num(_num(d["bytes_delivered"]))
     edges = np.arange(0.0, float(end.max()) + bin_s, bin_s)
-    lo, hi = edges[:-1], edges[1:]
-    overlap = np.clip(np.minimum(hi[None, :], end[:, None]) - np.maximum(lo[None, :], start[:, None]), 0, None)
-    frac = overlap / (end - start)[:, None]
-    bits = (frac * b[:, None]).sum(axis=0) * 8
-    return pd.DataFrame({"t_s": lo, "kbps": bits / bin_s / 1e3})
+    delivered = _delivered_by(edges, start, end, b)
+    bits = np.clip(np.diff(delivered), 0.0, None) * 8
+    return pd.DataFrame({"t_s": edges[:-1], "kbps": bits / bin_s / 1e3})
+
+
+def _delivered_by(t: np.ndarray, start: np.ndarray, end: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
+    """Bytes delivered by each time in ``t``, each image's bytes arriving at a constant rate over [start, end).
+
+    Computed from sorted start and end times with cumulative sums: O((images + times) log images) time and
+    O(images + times) memory. An image-by-bin matrix needed 23 GB for a 60,000-image, 20-minute run.
+    """
+    rate = nbytes / (end - start)
+
+    def upto(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Sums of rate and of rate x point over the images whose point is <= each t."""
+        o = np.argsort(points, kind="stable")
+        k = np.searchsorted(points[o], t, side="right")
+        r = np.concatenate(([0.0], np.cumsum(rate[o])))
+        rp = np.concatenate(([0.0], np.cumsum(rate[o] * points[o])))
+        return r[k], rp[k]
+
+    r_started, rp_started = upto(start)
+    r_ended, rp_ended = upto(end)
+    # sum over started images of rate x (t - start), minus the same over ended ones from their end on
+    return t * (r_started - r_ended) - (rp_started - rp_ended)
 
 
 #: the JPEG quality the encode-overhead table compares other codecs with (Pillow's default)

@@ -140,6 +140,48 @@ def test_throughput_series_spreads_bytes_over_link_time():
     assert list(tp.kbps) == pytest.approx([500 * 8 / 0.5 / 1e3, 750 * 8 / 0.5 / 1e3, 250 * 8 / 0.5 / 1e3])
 
 
+def _dense_throughput_kbps(start_s, end_s, nbytes, bin_s):
+    """The image-by-bin definition the series must equal (only for small inputs)."""
+    edges = np.arange(0.0, float(end_s.max()) + bin_s, bin_s)
+    lo, hi = edges[:-1], edges[1:]
+    overlap = np.clip(np.minimum(hi[None, :], end_s[:, None]) - np.maximum(lo[None, :], start_s[:, None]), 0, None)
+    return (overlap / (end_s - start_s)[:, None] * nbytes[:, None]).sum(axis=0) * 8 / bin_s / 1e3
+
+
+def _random_transfers(n: int, span_s: float, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    start = np.sort(rng.uniform(0, span_s, n))
+    dur = rng.choice([1e-6, 2e-3, 0.03, 0.4, 3.0], n)   # instantaneous to multi-bin, overlapping
+    return pd.DataFrame({"t_arrival_ns": (start * 1e9).astype(np.int64),
+                         "t_tx_start_ns": (start * 1e9).astype(np.int64),
+                         "t_edge_close_ns": ((start + dur) * 1e9).astype(np.int64),
+                         "bytes_delivered": rng.integers(0, 5000, n).astype(float)})
+
+
+def test_throughput_series_matches_the_per_image_definition():
+    df = _random_transfers(400, 30.0)
+    tp = throughput_series(df, bin_s=0.05, t0_ns=0)
+    s = df["t_tx_start_ns"].to_numpy() / 1e9
+    e = np.maximum(df["t_edge_close_ns"].to_numpy() / 1e9, s + 1e-6)
+    want = _dense_throughput_kbps(s, e, df["bytes_delivered"].to_numpy(), 0.05)
+    assert len(tp) == len(want)
+    assert np.allclose(tp.kbps.to_numpy(), want, rtol=1e-6, atol=1e-3)
+    assert tp.kbps.sum() * 0.05 * 1e3 / 8 == pytest.approx(df["bytes_delivered"].sum(), rel=1e-6)
+
+
+def test_throughput_series_memory_is_linear_in_images_and_bins():
+    """A 60,000-image, 20-minute run drove the report to 23 GB (an image-by-bin matrix) and the OOM killer."""
+    import tracemalloc
+    df = _random_transfers(20_000, 500.0)            # 10,000 bins: a matrix would be 1.6 GB per array
+    tracemalloc.start()
+    try:
+        tp = throughput_series(df, bin_s=0.05)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(tp) >= 10_000 and peak < 50e6
+
+
 def test_summary_columns_are_documented():
     doc = (Path(__file__).resolve().parents[2] / "docs" / "analysis.md").read_text(encoding="utf-8")
     from hilbed.analysis.metrics import SUMMARY_COLUMNS
