@@ -139,7 +139,8 @@ PRESETS = {
                      arch=(("channels", 24), ("bits", 4), ("enc_width", 64))),
     # CPU, ~25 min: medium with a 128-wide decoder (the edge's side). Measured as pnc-8ae9c13fb778 (medium +
     # --dec-width 128, 1547 s on one core of the busy machine): 60.1 % at one block, 77.75 % at 512 B, 77.5 %
-    # fully received (~520 B); ahead of WebP and progressive JPEG up to 512 B.
+    # fully received (~520 B); ahead of WebP and progressive JPEG up to 512 B. `--preset large` reproduced it
+    # exactly (pnc-dc302daf3064).
     "large": PncFit(epochs1=8, epochs2=0, classifier_epochs=9, classifier_joint=True, classifier_encoder=True,
                     arch=(("channels", 24), ("bits", 4), ("enc_width", 64), ("dec_width", 128))),
     # GPU (not measured here): the large recipe with long runs.
