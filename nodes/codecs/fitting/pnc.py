@@ -283,8 +283,7 @@ def fit_pnc(data, teacher_spec: str, arch: PncArch | None = None, fit: PncFit | 
                                  teacher.std.flatten().tolist()).to(dev)
         if init_model is not None and init_model.has_classifier:
             # continue from the init artifact's fine-tuned classifier, not from the teacher again
-            student.load_state_dict(init_model.classifier().state_dict())
-            student = student.to(dev)
+            student.load_state_dict(init_model.classifier().state_dict())  # copies into student's tensors on dev
         for p in student.parameters():
             p.requires_grad_(True)
         groups = [{"params": list(student.parameters())}]
